@@ -1,0 +1,80 @@
+"""A GenEval-style checker: what was asked vs what the recognizer read, per category.
+
+Categories follow GenEval (Ghosh et al., 2023), adapted to the shapes world:
+single object, two objects (every asked object present), counting, colour, shape,
+size, position, and colour binding (with two or more objects, each colour on the right shape).
+
+    >>> from wordsworlds.world.scene import parse_caption
+    >>> asked = parse_caption("a large red circle on the left")
+    >>> check(asked, asked).passed
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .scene import Scene, SceneError
+
+CATEGORIES = ("single object", "two objects", "counting", "colour", "shape", "size", "position", "colour binding")
+
+
+@dataclass
+class CheckResult:
+    checks: dict[str, bool] = field(default_factory=dict)  # category -> passed (only the categories that apply)
+    findings: list[str] = field(default_factory=list)  # what went wrong, in words the LLM can act on
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(self.checks.values())
+
+    @property
+    def score(self) -> float:
+        return sum(self.checks.values()) / len(self.checks) if self.checks else 0.0
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "score": self.score, "checks": self.checks, "findings": self.findings}
+
+
+def check(asked: Scene, seen: Scene | None) -> CheckResult:
+    """Compare the asked scene with the scene read from the image."""
+    if not isinstance(asked, Scene):
+        raise SceneError(f"the asked scene must be a Scene, got {type(asked).__name__}")
+    if seen is not None and not isinstance(seen, Scene):
+        raise SceneError(f"the seen scene must be a Scene or None, got {type(seen).__name__}")
+    result = CheckResult()
+    seen_objects = list(seen.objects) if seen else []
+    seen_at = {o.position: o for o in seen_objects}
+
+    def present(obj):  # an object of the right shape and colour anywhere
+        return any(o.shape == obj.shape and o.colour == obj.colour for o in seen_objects)
+
+    if len(asked.objects) == 1:
+        result.checks["single object"] = present(asked.objects[0])
+    else:
+        # GenEval's "two objects": every asked shape is there, whatever its colour.
+        result.checks["two objects"] = all(any(o.shape == a.shape for o in seen_objects) for a in asked.objects)
+        result.checks["colour binding"] = all(present(o) for o in asked.objects)
+    result.checks["counting"] = len(seen_objects) == len(asked.objects)
+    if not result.checks["counting"]:
+        result.findings.append(f"asked for {len(asked.objects)} objects, saw {len(seen_objects)}")
+
+    for category in ("colour", "shape", "size", "position"):
+        result.checks[category] = True
+    for obj in asked.objects:
+        there = seen_at.get(obj.position)
+        if there is None:
+            result.checks["position"] = False
+            result.findings.append(f"nothing {obj.phrase().split(' ', 4)[-1]}; wanted {obj.phrase()}")
+            continue
+        for attribute, category in (("colour", "colour"), ("shape", "shape"), ("size", "size")):
+            if getattr(there, attribute) != getattr(obj, attribute):
+                result.checks[category] = False
+                result.findings.append(
+                    f"{obj.phrase()}: the {attribute} came out {getattr(there, attribute)}"
+                )
+    if result.checks.get("single object") is False or result.checks.get("two objects") is False:
+        for obj in asked.objects:
+            if not present(obj):
+                result.findings.append(f"no {obj.colour} {obj.shape} anywhere")
+    return result

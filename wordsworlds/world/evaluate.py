@@ -1,0 +1,90 @@
+"""Score the miniature model: render a fixed, seeded prompt set, read it back, check it.
+
+    python -m wordsworlds evaluate              # both prompt sets, default sampling (20 steps)
+
+Two sets: fresh scenes from the training distribution, and scenes that contain a
+colour-shape pair held out of training (scene.HELD_OUT_PAIRS).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .checker import CATEGORIES, check
+from .recognizer import Recognizer
+from .scene import caption, random_scene
+
+PROMPT_SETS = {"in_distribution": "exclude", "held_out": "only"}
+
+
+def prompt_set(name: str, count: int, seed: int = 1234) -> list[str]:
+    rng = random.Random(f"eval-{name}-{seed}")
+    return [caption(random_scene(rng, held_out=PROMPT_SETS[name]), rng) for _ in range(count)]
+
+
+def load_pipeline(folder):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def score_prompts(pipe, recognizer: Recognizer, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 10) -> dict:
+    from .scene import parse_caption
+
+    totals = {c: [0, 0] for c in CATEGORIES}
+    passed = 0
+    started = time.perf_counter()
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        generator = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generator).images
+        for prompt, seen in zip(chunk, recognizer.read(images)):
+            result = check(parse_caption(prompt), seen)
+            passed += result.passed
+            for category, ok in result.checks.items():
+                totals[category][0] += ok
+                totals[category][1] += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "prompts": len(prompts),
+        "overall": passed / len(prompts),
+        "categories": {c: round(ok / n, 4) for c, (ok, n) in totals.items() if n},
+        "seconds": round(elapsed, 2),
+        "seconds_per_image": round(elapsed / len(prompts), 4),
+    }
+
+
+def evaluate(folder=None, num_prompts: int = 200, steps: int = 20, guidance: float = 5.0, seed: int = 0,
+             recognizer: Recognizer | None = None) -> dict:
+    from .train import WEIGHTS_DIR
+
+    folder = Path(folder or WEIGHTS_DIR)
+    pipe = load_pipeline(folder)
+    recognizer = recognizer or Recognizer.load()
+    report = {"steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__}
+    for name in PROMPT_SETS:
+        count = num_prompts if name == "in_distribution" else max(1, num_prompts // 2)
+        report[name] = score_prompts(pipe, recognizer, prompt_set(name, count), steps, guidance, seed)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"steps={report['steps']} guidance={report['guidance_scale']} scheduler={report['scheduler']}"]
+    header = f"{'category':<16}" + "".join(f"{name:>18}" for name in PROMPT_SETS)
+    lines.append(header)
+    for category in ("overall",) + CATEGORIES:
+        row = f"{category:<16}"
+        for name in PROMPT_SETS:
+            value = report[name]["overall"] if category == "overall" else report[name]["categories"].get(category)
+            row += f"{'-' if value is None else f'{value:.3f}':>18}"
+        lines.append(row)
+    for name in PROMPT_SETS:
+        r = report[name]
+        lines.append(f"{name}: {r['prompts']} prompts in {r['seconds']} s ({r['seconds_per_image']} s/image)")
+    return "\n".join(lines)
