@@ -1,0 +1,240 @@
+"""The words engine: a causal LM that writes one token at a time and shows its odds.
+
+For every generated token it reports the token's probability and the top-k candidates it
+beat. Greedy or sampled (temperature, top-k, top-p, seed), with the chat template for
+instruct models, a server-side cap on new tokens, and cancellation between tokens.
+
+    >>> from wordsworlds.text import TextGenerator
+    >>> generator = TextGenerator.load()                    # the preset's LLM
+    >>> for step in generator.stream("Name a colour.", max_new_tokens=5):
+    ...     print(step.text, round(step.prob, 2), step.top[:2])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .models import load_causal_lm
+
+MAX_PROMPT_CHARS = 4000
+MAX_NEW_TOKENS_CAP = 256  # the server's cap, whatever the caller asks
+MAX_TOP_N = 20
+
+
+class InputError(ValueError):
+    """Input rejected before any model work; the message is shown to the user as is."""
+
+
+@dataclass
+class DecodingOptions:
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k filter
+    top_p: float = 1.0
+    seed: int | None = None
+    top_n: int = 5  # how many candidates to show per token
+    chat: bool = True  # wrap the prompt in the model's chat template
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def validate_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InputError("the prompt is empty; type a few words")
+    if len(prompt) > max_chars:
+        raise InputError(f"the prompt is {len(prompt):,} characters; the limit is {max_chars:,}")
+    return prompt
+
+
+def _number(name, value, kind=float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}")
+    if kind is int:
+        if float(value) != int(value):
+            raise InputError(f"{name} must be a whole number, got {value}")
+        return int(value)
+    return float(value)
+
+
+def validate_options(
+    max_new_tokens=48, temperature=0.0, top_k=0, top_p=1.0, seed=None, top_n=5, chat=True
+) -> DecodingOptions:
+    """Check every decoding option; raise InputError with a message a person can act on."""
+    max_new_tokens = _number("max_new_tokens", max_new_tokens, int)
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_CAP:
+        raise InputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_CAP}, got {max_new_tokens}")
+    temperature = _number("temperature", temperature)
+    if not 0 <= temperature <= 5:
+        raise InputError(f"temperature must be between 0 (greedy) and 5, got {temperature}")
+    top_k = _number("top_k", top_k, int)
+    if top_k < 0:
+        raise InputError(f"top_k must be 0 (off) or positive, got {top_k}")
+    top_p = _number("top_p", top_p)
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and seed != "":
+        seed = _number("seed", seed, int)
+        if not 0 <= seed < 2**32:
+            raise InputError(f"seed must be between 0 and 2**32 - 1, got {seed}")
+    else:
+        seed = None
+    top_n = _number("top_n", top_n, int)
+    if not 1 <= top_n <= MAX_TOP_N:
+        raise InputError(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
+    return DecodingOptions(max_new_tokens, temperature, top_k, top_p, seed, top_n, bool(chat))
+
+
+@dataclass
+class TokenStep:
+    index: int
+    token_id: int
+    text: str  # the text this token added (may be empty mid-character)
+    prob: float  # the model's probability for it (temperature 1, before any filtering)
+    top: list[tuple[str, float]]  # the top-n candidates at this step, best first
+    elapsed_s: float  # since the call started
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    forward_passes: int = 0
+    time_to_first_token_s: float = 0.0
+    total_s: float = 0.0
+    stopped_by: str = ""  # "eos", "max_new_tokens" or "cancelled"
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode_time = self.total_s - self.time_to_first_token_s
+        return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
+
+
+@dataclass
+class TextResult:
+    text: str
+    steps: list[TokenStep] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "stats": self.stats.to_dict(), "tokens": [asdict(s) for s in self.steps]}
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask what top-k and top-p (nucleus, Holtzman et al. 2019) rule out."""
+    if top_k and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.clone()
+        logits[order[drop]] = float("-inf")
+    return logits
+
+
+class TextGenerator:
+    """Token-by-token generation with a KV cache, one forward pass per new token."""
+
+    def __init__(self, model, tokenizer, source: str = ""):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.source = source
+
+    @classmethod
+    def load(cls, source: str | None = None, preset: str | None = None) -> "TextGenerator":
+        from .presets import get_preset
+
+        source = source or get_preset(preset).llm
+        model, tokenizer = load_causal_lm(source)
+        return cls(model, tokenizer, source)
+
+    def encode_prompt(self, prompt: str, chat: bool) -> torch.Tensor:
+        if chat and self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+        else:
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        return ids
+
+    @torch.inference_mode()
+    def stream(
+        self, prompt: str, options: DecodingOptions | None = None, should_stop: Callable[[], bool] | None = None,
+        stats: GenerationStats | None = None, **option_kwargs,
+    ) -> Iterator[TokenStep]:
+        """Yield one TokenStep per generated token. Pass `stats` to read timing afterwards."""
+        prompt = validate_prompt(prompt)
+        options = options or validate_options(**option_kwargs)
+        stats = stats if stats is not None else GenerationStats()
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+        ids = self.encode_prompt(prompt, options.chat)
+        stats.prompt_tokens = ids.shape[1]
+        stop_ids = {self.tokenizer.eos_token_id} | set(self._extra_stop_ids())
+        output = self.model(input_ids=ids, use_cache=True)
+        stats.forward_passes = 1
+        generated: list[int] = []
+        text_so_far = ""
+        stats.stopped_by = "max_new_tokens"
+        for index in range(options.max_new_tokens):
+            logits = output.logits[0, -1].float()
+            probs = logits.softmax(-1)
+            if options.greedy:
+                token = int(torch.argmax(logits))
+            else:
+                filtered = filter_logits(logits / options.temperature, options.top_k, options.top_p)
+                token = int(torch.multinomial(filtered.softmax(-1), 1, generator=generator))
+            top = torch.topk(probs, options.top_n)
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            piece, text_so_far = text[len(text_so_far):], text
+            now = time.perf_counter() - started
+            if index == 0:
+                stats.time_to_first_token_s = now
+            stats.new_tokens, stats.total_s = index + 1, now
+            yield TokenStep(
+                index=index, token_id=token, text=piece, prob=float(probs[token]),
+                top=[(self.tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)],
+                elapsed_s=now,
+            )
+            if token in stop_ids:
+                stats.stopped_by = "eos"
+                break
+            if should_stop is not None and should_stop():
+                stats.stopped_by = "cancelled"
+                break
+            if index + 1 < options.max_new_tokens:
+                output = self.model(
+                    input_ids=torch.tensor([[token]]), past_key_values=output.past_key_values, use_cache=True
+                )
+                stats.forward_passes += 1
+        stats.total_s = time.perf_counter() - started
+
+    def generate(self, prompt: str, **options) -> TextResult:
+        stats = GenerationStats()
+        steps = list(self.stream(prompt, stats=stats, **options))
+        return TextResult(text="".join(s.text for s in steps), steps=steps, stats=stats)
+
+    def _extra_stop_ids(self) -> list[int]:
+        # Chat models end a turn with their own marker (SmolLM2: <|im_end|>).
+        ids = []
+        for marker in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.append(token_id)
+        return ids

@@ -1,0 +1,29 @@
+"""The Gradio layer: one module per tab. Layout and wiring only; the work lives in wordsworlds/."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..presets import get_preset
+
+TITLE = "From Words to Worlds"
+CSS = """
+.ww-header {text-align: center}
+footer {display: none !important}
+"""
+
+
+def build_demo() -> gr.Blocks:
+    from . import side_by_side
+
+    preset = get_preset()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(
+            f"# {TITLE}\n"
+            "How a language model and a diffusion model differ, and how they work together. "
+            f"Preset **{preset.name}** ({preset.hardware}).",
+            elem_classes="ww-header",
+        )
+        with gr.Tab("Words vs worlds"):
+            side_by_side.build()
+    return demo
