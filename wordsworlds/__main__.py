@@ -13,6 +13,27 @@ import sys
 from pathlib import Path
 
 
+def cmd_text(args) -> int:
+    from .text import TextGenerator, TextResult, validate_options, validate_prompt
+
+    prompt = validate_prompt(args.prompt)  # before loading anything
+    options = validate_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.top_n)
+    generator = TextGenerator.load(preset=args.preset)
+    result = TextResult(text="")
+    for step in generator.stream(prompt, options, stats=result.stats):
+        result.steps.append(step)
+        if not args.json:
+            print(step.text, end="", flush=True)
+    result.text = "".join(s.text for s in result.steps)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        stats = result.stats
+        print(f"\n\n[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
+              f"first token {stats.time_to_first_token_s:.2f} s, {stats.forward_passes} forward passes]")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .world.train import WEIGHTS_DIR, TrainConfig, train
 
@@ -40,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wordsworlds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("text", help="generate text token by token with its probabilities")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-n", type=int, default=5, help="candidates reported per token")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--preset", help="model preset (default: $WORDSWORLDS_PRESET or tiny)")
+    p.add_argument("--json", action="store_true", help="print text, stats and per-token probabilities as JSON")
+    p.set_defaults(func=cmd_text)
+
     p = sub.add_parser("train", help="train the miniature Stable Diffusion and the recognizer")
     p.add_argument("--toy", action="store_true", help="a few steps at toy width (smoke test)")
     p.add_argument("--out", help="diffusers folder to write (default: the shipped weights folder)")
@@ -58,8 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .text import InputError
+    from .world.scene import SceneError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if getattr(args, "preset", None):
+        from .presets import get_preset
+
+        try:
+            get_preset(args.preset)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except (InputError, SceneError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

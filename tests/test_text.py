@@ -1,0 +1,109 @@
+"""The words engine with the real SmolLM2-135M (offline, from the PyPI wheel)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from wordsworlds.text import MAX_NEW_TOKENS_CAP, InputError, validate_options, validate_prompt
+
+PROMPT = "Name three colours."
+
+
+def test_greedy_decoding_is_deterministic(text_generator):
+    first = text_generator.generate(PROMPT, max_new_tokens=12)
+    second = text_generator.generate(PROMPT, max_new_tokens=12)
+    assert first.text == second.text
+    assert [s.token_id for s in first.steps] == [s.token_id for s in second.steps]
+
+
+def test_probabilities_are_valid_and_greedy_picks_the_top_one(text_generator):
+    result = text_generator.generate(PROMPT, max_new_tokens=10, top_n=5)
+    assert result.steps
+    for step in result.steps:
+        assert 0 < step.prob <= 1
+        probs = [p for _, p in step.top]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-5
+        assert math.isclose(step.prob, probs[0], rel_tol=1e-6)  # greedy: the chosen token is the top-1
+
+
+def test_max_new_tokens_is_respected_and_counted(text_generator):
+    result = text_generator.generate("Count from one to one hundred.", max_new_tokens=7)
+    assert len(result.steps) <= 7
+    assert result.stats.new_tokens == len(result.steps)
+    assert result.stats.forward_passes == len(result.steps)  # prompt pass + one per later token
+    assert result.text == "".join(s.text for s in result.steps)
+
+
+def test_seeded_sampling_repeats_and_differs_from_another_seed(text_generator):
+    options = dict(max_new_tokens=12, temperature=1.2, top_p=0.95)
+    a = text_generator.generate("Once upon a time", seed=1, chat=False, **options).text
+    b = text_generator.generate("Once upon a time", seed=1, chat=False, **options).text
+    c = text_generator.generate("Once upon a time", seed=2, chat=False, **options).text
+    assert a == b
+    assert a != c
+
+
+def test_cancel_stops_between_tokens(text_generator):
+    calls = []
+    steps = list(text_generator.stream(PROMPT, max_new_tokens=30, should_stop=lambda: calls.append(1) or len(calls) >= 3))
+    assert len(steps) == 3
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [("", "empty"), ("   \n", "empty"), ("x" * 1_000_000, "limit"), (42, "must be text")],
+)
+def test_bad_prompts_are_rejected(prompt, message):
+    with pytest.raises(InputError, match=message):
+        validate_prompt(prompt)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=float("nan")), "finite"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=MAX_NEW_TOKENS_CAP + 1), "max_new_tokens"),
+        (dict(max_new_tokens="ten"), "number"),
+        (dict(top_k=-1), "top_k"),
+        (dict(seed=1.5), "whole number"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        validate_options(**kwargs)
+
+
+def test_cli_json_and_bad_input_exit_code():
+    ok = subprocess.run(
+        [sys.executable, "-m", "wordsworlds", "text", PROMPT, "--max-new-tokens", "4", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    payload = json.loads(ok.stdout[ok.stdout.index("{"):])
+    assert payload["stats"]["new_tokens"] == len(payload["tokens"]) <= 4
+    bad = subprocess.run(
+        [sys.executable, "-m", "wordsworlds", "text", PROMPT, "--temperature", "nan"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0 and "temperature" in bad.stderr
+
+
+def test_words_endpoint_answers_through_gradio_client(app_client):
+    shaded, top, stats = app_client.predict(PROMPT, 6, 0, 0, 1, 0, api_name="/generate_text")
+    assert 1 <= len(shaded) <= 6
+    assert all(0 < item["class_or_confidence"] <= 1 for item in shaded)
+    assert top["confidences"] and "tokens/s" in stats
+    with pytest.raises(Exception, match="empty"):
+        app_client.predict("  ", 6, 0, 0, 1, 0, api_name="/generate_text")
+    with pytest.raises(Exception, match="temperature"):
+        app_client.predict(PROMPT, 6, -1, 0, 1, 0, api_name="/generate_text")

