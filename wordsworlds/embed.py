@@ -92,6 +92,8 @@ class Exploration:
     projection: str
     dimensions: int
     highlight: str
+    template: str = ""
+    sources: Sources | None = None
     spaces: list[str] = field(default_factory=list)  # the spaces that produced vectors, in order
     coords: dict[str, np.ndarray] = field(default_factory=dict)
     axes: dict[str, tuple] = field(default_factory=dict)
@@ -101,6 +103,8 @@ class Exploration:
     notices: list[str] = field(default_factory=list)
 
     def neighbours(self, word: str, k: int = 5) -> list[dict]:
+        if word not in self.words or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"neighbours need one of the words and k >= 1, got {word!r} and {k!r}")
         index = self.words.index(word)
         return [
             {"space": space, "rank": rank, "neighbour": other, "cosine": round(cos, 4), "distance": round(1 - cos, 4)}
@@ -137,15 +141,16 @@ class Exploration:
 
 def explore(words, template: str = "", spaces=DEFAULT_SPACES, projection: str = "pca", dimensions: int = 2,
             anchor_from: str = "", anchor_to: str = "", highlight: str = "", llm_layer: int | None = None,
-            diffusion_source: str | None = None) -> Exploration:
+            diffusion_source: str | None = None, preset: str | None = None) -> Exploration:
     """Embed, project and compare. Every input is checked before any model work."""
     words, notices = parse_words(words)
     template = validate_template(template)
     spaces = validate_spaces(spaces)
     if projection not in proj.PROJECTIONS:
         raise InputError(f"unknown projection {projection!r}; choose from {', '.join(proj.PROJECTIONS)}")
-    if dimensions not in (2, 3) or isinstance(dimensions, bool):
+    if str(dimensions) not in ("2", "3"):  # 2 or "2" (a form), never True or 2.5
         raise InputError(f"dimensions must be 2 or 3, got {dimensions!r}")
+    dimensions = int(dimensions)
     anchors = []
     if projection == "anchors":
         anchors = [" ".join(str(a or "").split()) for a in (anchor_from, anchor_to)]
@@ -162,8 +167,11 @@ def explore(words, template: str = "", spaces=DEFAULT_SPACES, projection: str = 
         notices.append(f"'{highlight}' is not among the words; highlighting '{words[0]}'")
     highlight = highlight if highlight in words else words[0]
 
-    sources = Sources.resolve(diffusion=diffusion_source, llm_layer=None if llm_layer is None else int(llm_layer))
-    result = Exploration(words, projection, dimensions, highlight, notices=notices)
+    try:
+        sources = Sources.resolve(preset, diffusion_source, None if llm_layer is None else int(llm_layer))
+    except ValueError as error:  # an unknown preset
+        raise InputError(str(error)) from None
+    result = Exploration(words, projection, dimensions, highlight, template, sources, notices=notices)
     failures = []
     for space in spaces:
         started = time.perf_counter()
@@ -257,9 +265,12 @@ def cmd_embed(args) -> int:
     spaces = list(SPACES) if "all" in (args.space or []) else (args.space or ["minilm"])
     projection = args.projection or ("anchors" if args.anchors else "pca")
     try:
+        if args.neighbours < 1:
+            raise InputError(f"--neighbours must be at least 1, got {args.neighbours}")
         result = explore(list(args.words), template=args.template, spaces=spaces, projection=projection,
                          dimensions=args.dimensions, anchor_from=(args.anchors or ["", ""])[0],
-                         anchor_to=(args.anchors or ["", ""])[1], llm_layer=args.layer, diffusion_source=args.diffusion)
+                         anchor_to=(args.anchors or ["", ""])[1], llm_layer=args.layer, diffusion_source=args.diffusion,
+                         preset=args.preset)
     except (InputError, SpaceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -302,6 +313,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--anchors", nargs=2, metavar=("FROM", "TO"), help="custom x axis, e.g. --anchors small large")
     p.add_argument("--layer", type=int, help="LLM hidden-state layer (default: the middle one)")
     p.add_argument("--diffusion", help="diffusers folder or Hub id (default: $WORDSWORLDS_DIFFUSION, else the preset's)")
+    p.add_argument("--preset", help="model preset (default: $WORDSWORLDS_PRESET or tiny)")
     p.add_argument("--neighbours", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_embed)

@@ -227,10 +227,7 @@ def llm_layer_index(model, layer: int | None) -> int:
 
 def _document_start(tokenizer) -> int | None:
     # The token that separates documents in pretraining (SmolLM2, Qwen: <|endoftext|>), else BOS.
-    token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-        return token_id
-    return tokenizer.bos_token_id
+    return tokenizer.get_vocab().get("<|endoftext|>", tokenizer.bos_token_id)
 
 
 @torch.inference_mode()

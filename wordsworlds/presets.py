@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ENV_VAR = "WORDSWORLDS_PRESET"
@@ -69,12 +69,17 @@ PRESETS = {
 }
 
 
+# Per-role overrides, e.g. WORDSWORLDS_DIFFUSION=/path/to/a/diffusers/folder.
+ROLE_ENV_VARS = {role: f"WORDSWORLDS_{role.upper()}" for role in ("llm", "meaning_encoder", "diffusion", "describer")}
+
+
 def get_preset(name: str | None = None) -> Preset:
-    """The named preset, else the one in $WORDSWORLDS_PRESET, else `tiny`."""
+    """The named preset, else the one in $WORDSWORLDS_PRESET, else `tiny`; roles overridable by env."""
     name = name or os.environ.get(ENV_VAR) or DEFAULT_PRESET
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    overrides = {role: os.environ[var] for role, var in ROLE_ENV_VARS.items() if os.environ.get(var)}
+    return replace(PRESETS[name], **overrides)
 
 
 def package_file(source: str) -> Path:

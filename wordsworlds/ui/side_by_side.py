@@ -1,24 +1,33 @@
-"""Tab 1, "Words vs worlds": one prompt, the text streaming token by token with its odds.
+"""Tab 1, "Words vs worlds": one prompt, text token by token beside an image step by step.
 
-Handlers are plain generators: each `yield` is one frame the browser shows.
+Handlers are plain generators: each `yield` is one frame the browser shows. Three endpoints:
+`generate_text` (words), `render_image` (worlds), `compare` (both at once, one timeline).
 """
 
 from __future__ import annotations
 
+import random
+
 import gradio as gr
 
+from ..compare import run_side_by_side, timeline_row
+from ..image import MAX_STEPS, SCHEDULERS, RenderResult, RenderStats, StepFrame, validate_render_options
 from ..text import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options, validate_prompt
+from . import inside
 from .common import format_seconds, user_errors
 
 EXAMPLE_PROMPTS = [
-    "Describe a sunset over the sea in one sentence.",
-    "A large red circle on the left and a small blue square on the right.",
-    "Explain how a diffusion model makes a picture, in two sentences.",
-    "Once upon a time, a robot",
+    "a large red circle on the left and a small blue square on the right",
+    "a big yellow triangle at the top",
+    "a small green square in the middle and a large purple circle below",
+    "a sunset over the sea",
 ]
 
 
-def describe_stats(stats: GenerationStats) -> str:
+# ----------------------------------------------------------------------------- words
+
+
+def describe_text_stats(stats: GenerationStats) -> str:
     return (
         f"**{stats.new_tokens}** tokens · **{stats.tokens_per_s:.1f}** tokens/s · "
         f"first token after **{format_seconds(stats.time_to_first_token_s)}** · "
@@ -31,21 +40,23 @@ def candidates(step: dict) -> dict:
     return {text if text.strip() else repr(text): prob for text, prob in step["top"]}
 
 
+def token_record(step) -> dict:
+    return {"index": step.index, "text": step.text, "prob": step.prob, "top": step.top}
+
+
 def generate_text(prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed: int | None = None):
     """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
     with user_errors():
         prompt = validate_prompt(prompt)
         options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
-    generator = TextGenerator.load()
     stats = GenerationStats()
     steps, shaded = [], []
-    for step in generator.stream(prompt, options, stats=stats):
-        record = {"index": step.index, "text": step.text, "prob": step.prob, "top": step.top}
-        steps.append(record)
+    for step in TextGenerator.load().stream(prompt, options, stats=stats):
+        steps.append(token_record(step))
         shaded.append((step.text, round(step.prob, 3)))
-        yield shaded, candidates(record), describe_stats(stats), steps
-    yield shaded, candidates(steps[-1]) if steps else {}, describe_stats(stats), steps
+        yield shaded, candidates(steps[-1]), describe_text_stats(stats), steps
+    yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
 
 
 def inspect_token(steps: list[dict], evt: gr.SelectData):
@@ -56,44 +67,146 @@ def inspect_token(steps: list[dict], evt: gr.SelectData):
     return candidates(steps[min(int(index), len(steps) - 1)])
 
 
+# ----------------------------------------------------------------------------- worlds
+
+
+def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: float) -> str:
+    per_step = 2 if guidance_scale > 1 else 1
+    return (
+        f"step **{stats.steps}/{total_steps}** · **{stats.unet_evaluations}** U-Net evaluations "
+        f"({per_step} per step{' with guidance' if per_step == 2 else ''}) · "
+        f"**{format_seconds(stats.mean_step_s)}** per step · total **{format_seconds(stats.total_s)}**"
+        + (f" · {stats.stopped_by}" if stats.stopped_by else "")
+    )
+
+
+def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
+                 seed: int = 0, scheduler: str = "dpm++"):
+    """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
+    from ..image import ImageGenerator
+
+    with user_errors():
+        prompt = validate_prompt(prompt)
+        options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
+    stats = RenderStats()
+    noisy = x0 = None
+    for item in ImageGenerator.load().stream(prompt, options):
+        if isinstance(item, StepFrame):
+            stats.steps, stats.total_s = item.step, item.elapsed_s
+            noisy, x0 = item.noisy, item.x0
+            yield noisy, x0, None, describe_render_stats(stats, options.steps, options.guidance_scale)
+        else:
+            for warning in item.warnings:
+                gr.Warning(warning)
+            yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps, options.guidance_scale)
+
+
+# ----------------------------------------------------------------------------- both
+
+
+def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+            steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "", seed: int = 0,
+            scheduler: str = "dpm++"):
+    """Both engines on one prompt at once, with a shared timeline of tokens and steps."""
+    with user_errors():
+        prompt = validate_prompt(prompt)
+        text_options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
+        render_options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
+    text_stats = GenerationStats()
+    shaded, records, timeline = [], [], []
+    noisy = x0 = final = None
+    world_meter = ""
+    render_stats = RenderStats()
+    for side, item in run_side_by_side(prompt, text_options, render_options, text_stats=text_stats):
+        row = timeline_row(side, item)
+        if row:
+            timeline.append(row)
+        if side == "words":
+            records.append(token_record(item))
+            shaded.append((item.text, round(item.prob, 3)))
+        elif isinstance(item, StepFrame):
+            noisy, x0 = item.noisy, item.x0
+            render_stats.steps, render_stats.total_s = item.step, item.elapsed_s
+            world_meter = describe_render_stats(render_stats, item.total_steps, render_options.guidance_scale)
+        elif isinstance(item, RenderResult):
+            final = item.image
+            world_meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale)
+        yield (shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records,
+               noisy, x0, final, world_meter, timeline)
+
+
+def new_seed() -> int:
+    return random.randrange(2**31)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
 def build() -> None:
     """Lay out the tab inside an open gr.Blocks and wire its events."""
     gr.Markdown(
-        "A language model **commits to one token at a time**, left to right. Each token is shaded by the "
-        "probability the model gave it; click one to see what it beat."
+        "One prompt, two ways of making things. The **language model** commits to one token at a time, "
+        "left to right, for good; each token is shaded by the probability the model gave it (click one to "
+        "see what it beat). The **diffusion model** starts from noise and refines the whole canvas at every "
+        "step: left, the noisy latent; right, the model's current guess of the clean image."
     )
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4)
-        with gr.Column(scale=1, min_width=160):
-            run = gr.Button("Generate", variant="primary")
-            stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=1, min_width=180):
+            run_both = gr.Button("Run both", variant="primary")
+            with gr.Row():
+                run_words = gr.Button("Words only", size="sm")
+                run_worlds = gr.Button("Worlds only", size="sm")
+            stop = gr.Button("Stop", variant="stop", size="sm")
     gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
-    with gr.Row():
-        with gr.Column(scale=1):
+    with gr.Row(equal_height=False):
+        with gr.Column():
             gr.Markdown("### Words: next-token prediction")
             tokens = gr.HighlightedText(label="Text, token by token", combine_adjacent=False, show_legend=False)
             top = gr.Label(label="Candidates for the latest (or clicked) token", num_top_classes=5)
-            stats = gr.Markdown()
-            with gr.Accordion("Decoding", open=False):
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=48, step=1, label="Max new tokens")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
-                top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
-                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
-                seed = gr.Number(value=0, precision=0, label="Seed (sampling only)")
-        steps = gr.State([])
+            text_meter = gr.Markdown()
+        with gr.Column():
+            gr.Markdown("### Worlds: denoising")
+            with gr.Row():
+                noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[])
+                x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[])
+                final = gr.Image(label="Final image", type="pil", height=200)
+            image_meter = gr.Markdown()
+    with gr.Row():
+        with gr.Accordion("Decoding (words)", open=False):
+            max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
+            top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
+            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+        with gr.Accordion("Sampling (worlds)", open=False):
+            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+            guidance = gr.Slider(0, 15, value=5, step=0.5, label="Guidance scale (>1: two U-Net passes per step)")
+            scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++", label="Scheduler")
+            negative = gr.Textbox(label="Negative prompt", value="")
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, label="Seed (image noise; text only when sampling)", scale=3)
+        reseed = gr.Button("🎲 New seed", size="sm", scale=1)
+    gr.Markdown(
+        "*Same seed, same result:* run twice and both sides repeat exactly (greedy text; the same starting "
+        "noise). Raise the temperature or draw a new seed and both change."
+    )
+    with gr.Accordion("Timeline: token t beside step t", open=False):
+        timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], interactive=False, wrap=True)
+    records = gr.State([])
+    inside.build(prompt)
 
-    event = run.click(
-        generate_text,
-        inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed],
-        outputs=[tokens, top, stats, steps],
-        concurrency_limit=2,
-    )
-    prompt.submit(
-        generate_text,
-        inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed],
-        outputs=[tokens, top, stats, steps],
-        api_visibility="private",
-        concurrency_limit=2,
-    )
-    stop.click(None, cancels=[event])
-    tokens.select(inspect_token, inputs=[steps], outputs=[top], api_visibility="private")
+    text_inputs = [prompt, max_new_tokens, temperature, top_k, top_p, seed]
+    image_inputs = [prompt, steps, guidance, negative, seed, scheduler]
+    events = [
+        run_words.click(generate_text, text_inputs, [tokens, top, text_meter, records], concurrency_limit=2),
+        run_worlds.click(render_image, image_inputs, [noisy, x0, final, image_meter], concurrency_limit=2),
+        run_both.click(
+            compare,
+            [prompt, max_new_tokens, temperature, top_k, top_p, steps, guidance, negative, seed, scheduler],
+            [tokens, top, text_meter, records, noisy, x0, final, image_meter, timeline],
+            concurrency_limit=2,
+        ),
+    ]
+    stop.click(None, cancels=events)
+    reseed.click(new_seed, outputs=seed, api_visibility="private")
+    tokens.select(inspect_token, inputs=[records], outputs=[top], api_visibility="private")

@@ -1,0 +1,77 @@
+"""Embedding explorer timings: 100 words in every space, cold and warm (cached), then projections.
+
+    python benchmarks/bench_embed.py                 # the preset's models; appearance spaces need trained weights
+    WORDSWORLDS_DIFFUSION=/path/to/diffusers/folder python benchmarks/bench_embed.py --words 100
+
+Columns: `first` is the first call in the process (loads the model), `cold` the same words
+again after clearing the embedding cache (model loaded), `warm` served from the cache.
+The target is the last line: the whole explorer request (every space, PCA, similarities,
+agreement, figures) answered warm in at most 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wordsworlds.embed import explore, heatmap_figure, scatter_figure, word_sets  # noqa: E402
+from wordsworlds.embed_spaces import CACHE, SPACES, SpaceUnavailable, Sources, embed  # noqa: E402
+from wordsworlds.projection import project  # noqa: E402
+
+TARGET_WARM_S = 3.0
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--words", type=int, default=100)
+    parser.add_argument("--diffusion", help="diffusers folder (default: $WORDSWORLDS_DIFFUSION or the preset's)")
+    args = parser.parse_args(argv)
+
+    pool = [w for chosen in word_sets().values() for w in chosen["words"]]
+    words = list(dict.fromkeys(pool))[: args.words]
+    sources = Sources.resolve(diffusion=args.diffusion)
+    print(f"{len(words)} words; diffusion: {sources.diffusion}; torch threads: {__import__('torch').get_num_threads()}")
+    print(f"{'space':<14}{'dims':>7}{'first s':>9}{'cold s':>9}{'warm s':>9}{'pca s':>8}{'tsne s':>8}{'umap s':>8}")
+    available = []
+    for name in SPACES:
+        try:
+            vectors, first = timed(embed, words, name, "", sources)
+        except SpaceUnavailable as error:
+            print(f"{name:<14} skipped: {error}")
+            continue
+        available.append(name)
+        CACHE.clear()
+        _, cold = timed(embed, words, name, "", sources)
+        _, warm = timed(embed, words, name, "", sources)
+        seconds = [timed(project, vectors, method, 2)[1] for method in ("pca", "tsne", "umap")]
+        print(f"{name:<14}{vectors.shape[1]:>7}{first:>9.2f}{cold:>9.2f}{warm:>9.4f}"
+              + "".join(f"{s:>8.2f}" for s in seconds))
+    if not available:
+        return 1
+    for name in available:  # fill the cache again (clear() above emptied the earlier spaces)
+        embed(words, name, "", sources)
+    _, explore_s = timed(explore, words, spaces=available, diffusion_source=sources.diffusion)
+    result, explore_s = timed(explore, words, spaces=available, diffusion_source=sources.diffusion)
+    _, figures_s = timed(lambda: (scatter_figure(result), heatmap_figure(result)))
+    _, tables_s = timed(lambda: (result.agreements(), result.rank_shifts(3), result.neighbours(words[0])))
+    total = explore_s + figures_s + tables_s
+    print(f"warm request, {len(available)} spaces, PCA: explore {explore_s:.2f} s + figures {figures_s:.2f} s "
+          f"+ tables {tables_s:.2f} s = {total:.2f} s (target <= {TARGET_WARM_S:.0f} s: "
+          f"{'met' if total <= TARGET_WARM_S else 'MISSED'})")
+    return 0 if total <= TARGET_WARM_S else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

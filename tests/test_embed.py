@@ -1,0 +1,237 @@
+"""The embedding explorer: real MiniLM and LLM spaces, projections, bad input, CLI, and the tab over HTTP.
+
+Appearance spaces use the shipped diffusion weights (or $WORDSWORLDS_DIFFUSION) and are
+skipped, with the reason, while those weights are not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from wordsworlds import embed as embed_module  # noqa: E402
+from wordsworlds import embed_spaces  # noqa: E402
+from wordsworlds.embed import MAX_WORD_CHARS, MAX_WORDS, add_cli, explore, parse_words, word_sets  # noqa: E402
+from wordsworlds.embed_spaces import SPACES, Sources, embed, tokenize  # noqa: E402
+from wordsworlds.projection import agreement, cosine_matrix, project, rank_shifts  # noqa: E402
+from wordsworlds.text import InputError  # noqa: E402
+
+ANIMALS = ["dog", "puppy", "banana", "car"]
+DIFFUSION = Sources.resolve().diffusion
+needs_diffusion = pytest.mark.skipif(
+    Path(DIFFUSION).is_absolute() and not (Path(DIFFUSION) / "model_index.json").exists(),
+    reason=f"no diffusion weights at {DIFFUSION} yet (python -m wordsworlds train, or set $WORDSWORLDS_DIFFUSION)",
+)
+
+
+def cos(vectors, i, j):
+    return float(cosine_matrix(vectors)[i, j])
+
+
+# ---------------------------------------------------------------- meaning space, real models
+
+
+def test_minilm_puts_dog_near_puppy_and_far_from_banana():
+    vectors = embed(ANIMALS, "minilm")
+    assert cos(vectors, 0, 1) > cos(vectors, 0, 2)
+    result = explore(ANIMALS, spaces=["minilm"])
+    assert result.neighbours("puppy", k=1)[0]["neighbour"] == "dog"
+
+
+def test_pca_coordinates_are_deterministic():
+    first = explore(ANIMALS, spaces=["minilm"], projection="pca").coords["minilm"]
+    again = project(embed(ANIMALS, "minilm"), "pca", 2)[0]
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (4, 2)
+
+
+@pytest.mark.parametrize("space", ["minilm", "llm_hidden", "llm_tokens"])
+def test_meaning_spaces_give_one_vector_per_input(space):
+    vectors = embed(["dog", "a red circle", "xylophonequux"], space, template="a photo of a {}")
+    assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+    assert np.linalg.norm(vectors[0] - vectors[1]) > 0
+
+
+@needs_diffusion
+@pytest.mark.parametrize("space", ["clip_text", "image_latents"])
+def test_appearance_spaces_give_one_vector_per_input(space):
+    vectors = embed(["red circle", "blue square", "dog"], space)
+    assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+
+
+def test_cache_returns_the_same_vectors_without_recomputing(monkeypatch):
+    first = embed(ANIMALS, "minilm")
+    monkeypatch.setitem(embed_spaces._EMBEDDERS, "minilm", lambda *a: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(embed(ANIMALS, "minilm"), first)
+
+
+def test_anchor_axes_put_the_anchors_at_0_and_1():
+    result = explore("small, large, tiny, huge, dog", spaces=["minilm"], projection="anchors",
+                     anchor_from="small", anchor_to="large")
+    x = result.coords["minilm"][:, 0]
+    assert x[0] == pytest.approx(0, abs=1e-6) and x[1] == pytest.approx(1, abs=1e-6)
+    assert result.axes["minilm"][0] == "small → large"
+
+
+def test_too_few_points_for_tsne_fall_back_to_pca_with_a_notice():
+    result = explore(ANIMALS, spaces=["minilm"], projection="tsne")
+    assert any("tsne needs at least 5" in n for n in result.notices)
+    np.testing.assert_array_equal(result.coords["minilm"], project(embed(ANIMALS, "minilm"), "pca", 2)[0])
+
+
+def test_tokenizer_view_splits_unknown_words_into_pieces():
+    rows, _ = tokenize(["xylophonequux"], "")
+    by_name = {r["tokenizer"]: r for r in rows}
+    assert {"LLM (byte-level BPE)", "MiniLM (WordPiece)"} <= set(by_name)
+    for row in rows:
+        assert len(row["pieces"]) > 1 and row["tokens"] <= row["limit"]
+        assert "[UNK]" not in row["pieces"]
+
+
+# ---------------------------------------------------------------- the math, no models
+
+
+def test_projection_agreement_and_rank_shifts():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10, 16))
+    for dimensions in (2, 3):
+        coords, notice, axes = project(vectors, "pca", dimensions)
+        assert coords.shape == (10, dimensions) and notice is None and len(axes) == dimensions
+    similarity = cosine_matrix(vectors)
+    same = agreement(similarity, similarity)
+    assert same["spearman"] == pytest.approx(1) and same["flipped"] == pytest.approx(0) and same["pairs"] == 45
+    opposite = agreement(similarity, -similarity)
+    assert opposite["spearman"] == pytest.approx(-1) and opposite["flipped"] == pytest.approx(1)
+    shifts = rank_shifts(similarity, -similarity, [str(i) for i in range(10)], k=2)
+    assert len(shifts) == 2 and shifts[0]["rank_a"] in (1, 45)
+    assert agreement(similarity[:2, :2], similarity[:2, :2])["spearman"] is None  # one pair: undefined
+
+
+def test_word_sets_are_well_formed():
+    sets = word_sets()
+    assert {"animals", "fruits", "vehicles", "colours", "shapes", "feelings", "shapes world"} <= set(sets)
+    for chosen in sets.values():
+        words, notices = parse_words(chosen["words"])
+        assert len(words) == len(chosen["words"]) and not notices
+
+
+# ---------------------------------------------------------------- bad input, before any model work
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    monkeypatch.setattr(embed_module, "embed", lambda *a, **k: pytest.fail("a model ran on bad input"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"words": ""}, "no words given"),
+    ({"words": " , \n ,"}, "no words given"),
+    ({"words": [f"w{i}" for i in range(MAX_WORDS + 1)]}, f"the limit is {MAX_WORDS}"),
+    ({"words": ["dog", "x" * 10240]}, f"item 2 .* is 10,240 characters; the limit is {MAX_WORD_CHARS}"),
+    ({"words": "x" * 200_000}, "the input is 200,000 characters"),
+    ({"words": "dog, dog"}, "only one distinct word"),
+    ({"words": 42}, "words must be text"),
+    ({"words": "dog, cat", "template": "a photo of a"}, r"must contain \{\} exactly once"),
+    ({"words": "dog, cat", "template": "{} and {}"}, r"must contain \{\} exactly once"),
+    ({"words": "dog, cat", "spaces": []}, "choose at least one space"),
+    ({"words": "dog, cat", "spaces": ["smell"]}, "unknown space"),
+    ({"words": "dog, cat", "projection": "mds"}, "unknown projection"),
+    ({"words": "dog, cat", "dimensions": 4}, "dimensions must be 2 or 3"),
+    ({"words": "dog, cat", "projection": "anchors"}, "custom axes need two anchor words"),
+    ({"words": "dog, cat", "projection": "anchors", "anchor_from": "big", "anchor_to": "big"}, "must differ"),
+    ({"words": "dog, cat", "llm_layer": 1.5}, "whole number"),
+    ({"words": "dog, cat", "preset": "huge"}, "unknown preset"),
+])
+def test_bad_input_gets_a_clear_message(no_models, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        explore(**kwargs)
+
+
+def test_duplicates_are_merged_with_a_notice():
+    words, notices = parse_words("dog, cat,  dog ,\nCat, cat")
+    assert words == ["dog", "cat", "Cat"] and notices == ["merged 2 duplicate(s): cat, dog"]
+
+
+def test_llm_layer_out_of_range():
+    with pytest.raises(InputError, match="from 0 \\(embeddings\\) to"):
+        explore(ANIMALS, spaces=["llm_hidden"], llm_layer=999)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(argv, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["embed", *argv])
+    code = args.func(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_prints_json(capsys):
+    code, out, _ = run_cli([*ANIMALS, "--space", "minilm", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["words"] == ANIMALS
+    assert data["neighbours"]["puppy"][0]["neighbour"] == "dog"
+    assert len(data["spaces"]["minilm"]["coordinates"]) == 4
+
+
+def test_cli_rejects_bad_input_with_exit_code_2(capsys):
+    code, out, err = run_cli(["dog", "--space", "minilm"], capsys)
+    assert code == 2 and "error: only one distinct word" in err and not out
+
+
+# ---------------------------------------------------------------- the tab, through gradio_client on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def explorer_client():
+    import gradio as gr
+    from gradio_client import Client
+
+    from wordsworlds.ui import explorer
+
+    with gr.Blocks() as demo:
+        explorer.build()
+    port = free_port()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_tab_answers_over_http(explorer_client):
+    outputs = explorer_client.predict(", ".join(ANIMALS), "", ["minilm"], "pca", 2, "", "", "puppy", None,
+                                      api_name="/embed_words")
+    scatter, heatmap, neighbours, agreement_table, shifts, gallery, notes = outputs
+    assert neighbours["data"][0][:3] == ["minilm", 1, "dog"]  # puppy's nearest
+    assert notes.startswith("4 words") and gallery == []
+    assert scatter and heatmap
+
+
+def test_tab_reports_bad_input_over_http(explorer_client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no words given"):
+        explorer_client.predict("", "", ["minilm"], "pca", 2, "", "", "", None, api_name="/embed_words")
+
+
+def test_every_space_is_offered():
+    assert list(SPACES) == ["minilm", "llm_hidden", "llm_tokens", "clip_text", "image_latents"]

@@ -1,0 +1,71 @@
+"""Words and worlds at once: run the LLM and the diffusion model on one prompt, side by side.
+
+Both engines stream into one queue, so the caller sees a single timeline in the order
+things happened: token t beside step t, and what each one cost.
+
+    >>> from wordsworlds.compare import run_side_by_side
+    >>> for side, item in run_side_by_side("a red circle", text_options, render_options):  # doctest: +SKIP
+    ...     print(side, item)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+from .image import ImageGenerator, RenderOptions, StepFrame
+from .text import DecodingOptions, GenerationStats, TextGenerator, TokenStep
+
+_DONE = object()
+
+
+def run_side_by_side(
+    prompt: str, text_options: DecodingOptions, render_options: RenderOptions, should_stop=None,
+    text_stats: GenerationStats | None = None,
+) -> Iterator[tuple[str, object]]:
+    """Yield ("words", TokenStep) and ("worlds", StepFrame | RenderResult) as they happen."""
+    words = TextGenerator.load()
+    worlds = ImageGenerator.load()
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def stopped() -> bool:
+        return stop.is_set() or (should_stop is not None and should_stop())
+
+    def pump(side: str, stream) -> None:
+        try:
+            for item in stream:
+                events.put((side, item))
+        except BaseException as error:  # the consumer re-raises it
+            events.put((side, error))
+        finally:
+            events.put((side, _DONE))
+
+    threads = [
+        threading.Thread(target=pump, args=("words", words.stream(prompt, text_options, should_stop=stopped, stats=text_stats)), daemon=True),
+        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped)), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            side, item = events.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield side, item
+    finally:
+        stop.set()  # a consumer that leaves early (cancel) stops both engines
+
+
+def timeline_row(side: str, item) -> list | None:
+    """One row of the shared timeline: [what, index, elapsed s, detail]."""
+    if isinstance(item, TokenStep):
+        return ["token", item.index + 1, round(item.elapsed_s, 3), f"{item.text!r} p={item.prob:.2f}"]
+    if isinstance(item, StepFrame):
+        return ["step", item.step, round(item.elapsed_s, 3), f"t={item.timestep:.0f} of {item.total_steps} steps"]
+    return None
