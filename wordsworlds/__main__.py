@@ -1,8 +1,10 @@
 """The command line: every tab's function, plus training and evaluation of the shapes world.
 
     python -m wordsworlds text "Once upon a time" --max-new-tokens 20 --json
+    python -m wordsworlds render "a large red circle on the left" --steps 20 --out red.png
+    python -m wordsworlds hybrid "a sunset over the sea" --rounds 3
+    python -m wordsworlds evaluate [--hybrid]
     python -m wordsworlds train [--toy] [--out DIR]
-    python -m wordsworlds evaluate [--prompts N]
 """
 
 from __future__ import annotations
@@ -49,7 +51,60 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    from .image import ImageGenerator, StepFrame, validate_render_options
+    from .text import validate_prompt
+
+    prompt = validate_prompt(args.prompt)
+    options = validate_render_options(args.steps, args.guidance, args.negative_prompt, args.seed, args.scheduler,
+                                      args.height, args.width, previews=bool(args.frames))
+    if args.frames:
+        Path(args.frames).mkdir(parents=True, exist_ok=True)
+    for item in ImageGenerator.load(preset=args.preset).stream(prompt, options):
+        if isinstance(item, StepFrame):
+            if args.frames:
+                item.noisy.save(Path(args.frames) / f"step{item.step:03d}_noisy.png")
+                item.x0.save(Path(args.frames) / f"step{item.step:03d}_x0.png")
+            continue
+        item.image.save(args.out)
+        for warning in item.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"prompt": prompt, "out": args.out, "stats": item.stats.to_dict(),
+                              "warnings": item.warnings}, indent=2))
+        else:
+            stats = item.stats
+            print(f"{args.out}: {stats.steps} steps, {stats.unet_evaluations} U-Net evaluations, "
+                  f"{stats.mean_step_s * 1000:.1f} ms/step, {stats.total_s:.2f} s")
+    return 0
+
+
+def cmd_hybrid(args) -> int:
+    from .hybrid import run_hybrid, validate_hybrid_options
+    from .planner import validate_idea
+
+    idea = validate_idea(args.idea)
+    options = validate_hybrid_options(args.rounds, not args.no_plan, not args.no_refine, args.steps, args.guidance,
+                                      args.seed)
+    rounds = []
+    for round_ in run_hybrid(idea, options):
+        rounds.append(round_.to_dict())
+        if not args.json:
+            verdict = round_.check
+            print(f"round {round_.index}: {round_.action}\n  rendered: {round_.prompt}\n  read: {round_.description}"
+                  f"\n  score {verdict.score:.2f} {'PASS' if verdict.passed else 'miss'} {verdict.findings}")
+    if args.json:
+        print(json.dumps({"idea": idea, "rounds": rounds}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    if args.hybrid:
+        from .hybrid_eval import evaluate_hybrid, format_hybrid_report
+
+        report = evaluate_hybrid(steps=args.steps, guidance=args.guidance)
+        print(json.dumps(report, indent=2) if args.json else format_hybrid_report(report))
+        return 0
     from .world.evaluate import evaluate, format_report
 
     report = evaluate(args.weights, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance)
@@ -73,6 +128,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print text, stats and per-token probabilities as JSON")
     p.set_defaults(func=cmd_text)
 
+    p = sub.add_parser("render", help="render an image step by step with the diffusion model")
+    p.add_argument("prompt")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default="dpm++", help="dpm++, ddim, euler, euler-ancestral or ddpm")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--out", default="render.png")
+    p.add_argument("--frames", help="folder for every step's noisy-latent and x0 previews")
+    p.add_argument("--preset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("hybrid", help="plan, render, describe, check, refine")
+    p.add_argument("idea")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-plan", action="store_true")
+    p.add_argument("--no-refine", action="store_true")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hybrid)
+
     p = sub.add_parser("train", help="train the miniature Stable Diffusion and the recognizer")
     p.add_argument("--toy", action="store_true", help="a few steps at toy width (smoke test)")
     p.add_argument("--out", help="diffusers folder to write (default: the shipped weights folder)")
@@ -85,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     return parser

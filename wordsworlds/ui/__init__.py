@@ -14,7 +14,7 @@ footer {display: none !important}
 
 
 def build_demo() -> gr.Blocks:
-    from . import side_by_side
+    from . import hybrid, side_by_side
 
     preset = get_preset()
     with gr.Blocks(title=TITLE) as demo:
@@ -26,4 +26,6 @@ def build_demo() -> gr.Blocks:
         )
         with gr.Tab("Words vs worlds"):
             side_by_side.build()
+        with gr.Tab("Hybrid pipeline"):
+            hybrid.build()
     return demo

@@ -146,6 +146,12 @@ _OBJECT_RE = re.compile(r"\b(?:a|an|one)\s+(\w+)\s+(\w+)\s+(\w+)\s+(" + _POSITIO
 
 def parse_caption(text: str) -> Scene | None:
     """The scene a caption asks for, or None when the words are outside the world."""
+    objects = parse_objects(text)
+    return Scene(objects) if objects else None
+
+
+def parse_objects(text: str) -> tuple[WorldObject, ...] | None:
+    """The objects a caption names, in its order; None unless they form a valid scene."""
     found = []
     for match in _OBJECT_RE.finditer(text.lower()):
         attributes = {}
@@ -158,6 +164,7 @@ def parse_caption(text: str) -> Scene | None:
             if len(attributes) == 3:
                 found.append(WorldObject(position=_PHRASE_TO_POSITION[match.group(4)], **attributes))
     try:
-        return Scene(tuple(found)) if found else None
+        Scene(tuple(found))
     except SceneError:
         return None
+    return tuple(found)

@@ -49,7 +49,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     latent_scenes: int = 60000
-    unet_steps: int = 12000
+    unet_steps: int = 10000
     unet_lr: float = 6e-4
     warmup_steps: int = 300
     caption_dropout: float = 0.1

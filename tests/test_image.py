@@ -1,0 +1,111 @@
+"""The worlds engine with the shipped miniature Stable Diffusion (offline, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wordsworlds.image import SCHEDULERS, ImageGenerator, StepFrame, noise_image, validate_render_options
+from wordsworlds.presets import SHAPES_WORLD
+from wordsworlds.text import InputError
+from wordsworlds.world.scene import parse_caption
+
+PROMPT = "a large red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return ImageGenerator.load(SHAPES_WORLD)
+
+
+def test_the_shipped_folder_is_a_standard_diffusers_pipeline():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_WORLD)
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"
+    assert pipe.vae_scale_factor == 8
+
+
+def test_seeded_render_is_reproducible(engine):
+    a = engine.render(PROMPT, steps=10, seed=3).image
+    b = engine.render(PROMPT, steps=10, seed=3).image
+    c = engine.render(PROMPT, steps=10, seed=4).image
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def test_a_seeded_render_is_read_back_as_asked(engine):
+    from wordsworlds.describe import describe
+
+    scene, _ = describe(engine.render(PROMPT, steps=20, seed=0).image)
+    assert scene == parse_caption(PROMPT)
+
+
+def test_step_stream_yields_one_frame_per_step_and_ends_near_the_image(engine):
+    items = list(engine.stream(PROMPT, steps=12, seed=1))
+    frames, result = items[:-1], items[-1]
+    assert len(frames) == 12 and all(isinstance(f, StepFrame) for f in frames)
+    assert [f.step for f in frames] == list(range(1, 13))
+    assert result.stats.unet_evaluations == 24  # two per step with guidance
+    last_x0 = np.asarray(frames[-1].x0, dtype=np.float32)
+    final = np.asarray(result.image, dtype=np.float32)
+    assert np.abs(last_x0 - final).mean() < 8  # within a few grey levels of 255
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_scheduler_runs(engine, scheduler):
+    result = engine.render(PROMPT, steps=4, scheduler=scheduler)
+    assert result.image.size == (64, 64) and result.stats.steps == 4
+
+
+def test_cancel_stops_early(engine):
+    calls = []
+    items = list(engine.stream(PROMPT, steps=30, should_stop=lambda: calls.append(1) or len(calls) >= 3))
+    assert len(items) - 1 == 3 and items[-1].stats.stopped_by == "cancelled"
+
+
+def test_noising_explorer_reports_the_schedule_noise_level(engine):
+    from wordsworlds.world.draw import draw_scene
+
+    alphas = engine.pipe.scheduler.alphas_cumprod
+    for t in (0, 500, 999):
+        result = noise_image(engine.pipe, draw_scene(parse_caption(PROMPT)), t)
+        assert result.noise == pytest.approx(float((1 - alphas[t]).sqrt()), rel=1e-5)
+        assert result.signal ** 2 + result.noise ** 2 == pytest.approx(1.0)
+    assert noise_image(engine.pipe, draw_scene(parse_caption(PROMPT)), 999).noise > 0.99
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps"), (dict(steps=10_000), "steps"), (dict(guidance_scale=float("nan")), "finite"),
+    (dict(guidance_scale=-1), "guidance"), (dict(scheduler="magic"), "unknown scheduler"),
+    (dict(height=63), "multiple of 8"), (dict(width=4096), "multiple of 8"),
+])
+def test_bad_render_options_are_rejected(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        validate_render_options(**kwargs)
+
+
+def test_bad_uploads_are_rejected(engine):
+    with pytest.raises(InputError, match="image"):
+        noise_image(engine.pipe, "not an image", 10)
+    with pytest.raises(InputError, match="limit"):
+        noise_image(engine.pipe, Image.new("RGB", (5000, 5000)), 10)
+    with pytest.raises(InputError, match="timestep"):
+        noise_image(engine.pipe, Image.new("RGB", (64, 64)), 5000)
+
+
+def test_both_halves_answer_through_gradio_client(app_client):
+    from gradio_client import handle_file
+
+    noisy, x0, final, meter = app_client.predict(PROMPT, 4, 5.0, "", 0, "ddim", api_name="/render_image")
+    assert Image.open(final).size == (64, 64) and "8** U-Net evaluations" in meter
+    outputs = app_client.predict(PROMPT, 4, 0, 0, 1, 4, 5.0, "", 0, "ddim", api_name="/compare")
+    shaded, final, timeline = outputs[0], outputs[5], outputs[-1]
+    kinds = {row[0] for row in timeline["data"]}
+    assert shaded and Image.open(final).size == (64, 64) and kinds == {"token", "step"}
+    noisy, guess, _ = app_client.predict(handle_file("examples/images/three_shapes.png"), 300, 0,
+                                         api_name="/explore_noise")
+    assert Image.open(noisy).size == (64, 64)
+    with pytest.raises(Exception, match="scheduler"):
+        app_client.predict(PROMPT, 4, 5.0, "", 0, "magic", api_name="/render_image")

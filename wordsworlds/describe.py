@@ -1,0 +1,30 @@
+"""The describer: reads a picture back into words (and, in the shapes world, into a scene).
+
+With the tiny preset this is the project's own recognizer (wordsworlds/world/recognizer.py).
+
+    >>> from wordsworlds.describe import describe
+    >>> scene, text = describe(image)           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+
+from PIL import Image
+
+from .text import InputError
+from .world.recognizer import Recognizer
+from .world.scene import Scene, caption
+
+
+@functools.lru_cache(maxsize=1)
+def shared_recognizer() -> Recognizer:
+    return Recognizer.load()
+
+
+def describe(image: Image.Image) -> tuple[Scene | None, str]:
+    """(scene or None, a caption of what the picture shows)."""
+    if not isinstance(image, Image.Image):
+        raise InputError("the describer needs an image")
+    scene = shared_recognizer().read([image])[0]
+    return scene, caption(scene) if scene else "no shapes-world scene (empty, or more than three objects)"

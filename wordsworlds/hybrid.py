@@ -1,0 +1,133 @@
+"""The hybrid loop: the LLM plans, diffusion renders, the describer reads back, the checker
+scores, and on a miss the next round changes what failed, for at most N rounds.
+
+    >>> from wordsworlds.hybrid import run_hybrid
+    >>> for round_ in run_hybrid("a sunset over the sea", rounds=3):    # doctest: +SKIP
+    ...     print(round_.index, round_.prompt, round_.check.score)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .describe import describe
+from .image import ImageGenerator
+from .planner import Plan, ScenePlanner, validate_idea
+from .text import InputError, _number
+from .world.checker import CheckResult, check
+from .world.scene import Scene, parse_caption
+
+MAX_ROUNDS = 5
+MAX_TOTAL_SECONDS = 180.0
+STEPS_RANGE = (1, 50)
+GUIDANCE_RANGE = (1.0, 12.0)
+GUIDANCE_BOOST = 2.0
+
+
+@dataclass
+class HybridOptions:
+    rounds: int = 3
+    plan: bool = True
+    refine: bool = True
+    steps: int = 20
+    guidance_scale: float = 5.0
+    seed: int = 0
+    max_seconds: float = MAX_TOTAL_SECONDS
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def validate_hybrid_options(rounds=3, plan=True, refine=True, steps=20, guidance_scale=5.0, seed=0,
+                            max_seconds=MAX_TOTAL_SECONDS) -> HybridOptions:
+    """Rounds outside 1..5 are an error; steps and guidance are clamped to the UI's limits."""
+    rounds = _number("rounds", rounds, int)
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise InputError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
+    steps = int(clamp(_number("steps", steps, int), *STEPS_RANGE))
+    guidance_scale = clamp(_number("guidance_scale", guidance_scale), *GUIDANCE_RANGE)
+    seed = _number("seed", seed, int) % 2**32
+    max_seconds = clamp(_number("max_seconds", max_seconds), 1.0, MAX_TOTAL_SECONDS)
+    return HybridOptions(rounds, bool(plan), bool(refine), steps, guidance_scale, seed, max_seconds)
+
+
+@dataclass
+class Round:
+    index: int  # 1-based
+    action: str  # what this round changed, in words
+    prompt: str  # what the diffusion model was given
+    plan: Plan | None
+    target: Scene | None  # what the checker compares against
+    seed: int
+    guidance_scale: float
+    image: Image.Image
+    seen: Scene | None
+    description: str
+    check: CheckResult
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "round": self.index, "action": self.action, "prompt": self.prompt, "seed": self.seed,
+            "guidance_scale": self.guidance_scale, "plan": self.plan.to_dict() if self.plan else None,
+            "description": self.description, "check": self.check.to_dict(), "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class HybridResult:
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rounds) and self.rounds[-1].check.passed
+
+
+def unchecked(reason: str) -> CheckResult:
+    return CheckResult(checks={}, findings=[reason])
+
+
+def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, planner: ScenePlanner | None = None,
+               engine: ImageGenerator | None = None, **option_kwargs) -> Iterator[Round]:
+    """Yield each round as it finishes; stop at the first full pass, the round cap or the time cap.
+
+    `checker(target, seen) -> CheckResult` can be swapped (tests plant failures with it).
+    """
+    idea = validate_idea(idea)
+    options = options or validate_hybrid_options(**option_kwargs)
+    engine = engine or ImageGenerator.load()
+    requested = parse_caption(idea)  # a direct scene description is checked against itself
+    plan = None
+    if options.plan:
+        planner = planner or ScenePlanner.load()
+        plan = planner.plan(idea)
+    seed, guidance = options.seed, options.guidance_scale
+    action = "plan, then render" if plan else "render the request as written"
+    started = time.perf_counter()
+    for index in range(1, options.rounds + 1):
+        round_started = time.perf_counter()
+        prompt = plan.caption if plan else idea
+        target = requested or (plan.scene if plan else None)
+        result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
+        seen, description = describe(result.image)
+        verdict = checker(target, seen) if target else unchecked("the request names no shapes-world scene to check")
+        yield Round(index, action, prompt, plan, target, seed, guidance, result.image, seen, description, verdict,
+                    time.perf_counter() - round_started)
+        if verdict.passed or not options.refine or target is None:
+            return
+        if time.perf_counter() - started > options.max_seconds:
+            return
+        # What changes next: first the noise and the guidance; then, for an everyday idea, the plan.
+        seed = (seed + 7919) % 2**32
+        if plan is not None and requested is None and index >= 2:
+            plan = planner.plan(idea, feedback="; ".join(verdict.findings[:3]), avoid=plan.scene,
+                                temperature=0.8, seed=seed)
+            action = "the LLM rewrote the plan given the checker's findings: " + "; ".join(verdict.findings[:2])
+        else:
+            guidance = clamp(guidance + GUIDANCE_BOOST, *GUIDANCE_RANGE)
+            action = f"new seed, guidance raised to {guidance:g} after: " + "; ".join(verdict.findings[:2])
