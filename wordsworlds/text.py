@@ -12,6 +12,7 @@ instruct models, a server-side cap on new tokens, and cancellation between token
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -150,18 +151,19 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 class TextGenerator:
     """Token-by-token generation with a KV cache, one forward pass per new token."""
 
-    def __init__(self, model, tokenizer, source: str = ""):
+    def __init__(self, model, tokenizer, source: str = "", precision: str = "fp32"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.source = source
+        self.precision = precision  # what actually ran, in words
 
     @classmethod
-    def load(cls, source: str | None = None, preset: str | None = None) -> "TextGenerator":
+    def load(cls, source: str | None = None, preset: str | None = None, precision: str | None = None) -> "TextGenerator":
+        """The preset's LLM with the precision option applied (see accel.py); shared per process."""
+        from .accel import default_llm_precision
         from .presets import get_preset
 
-        source = source or get_preset(preset).llm
-        model, tokenizer = load_causal_lm(source)
-        return cls(model, tokenizer, source)
+        return _shared_generator(source or get_preset(preset).llm, precision or default_llm_precision())
 
     def encode_prompt(self, prompt: str, chat: bool) -> torch.Tensor:
         if chat and self.tokenizer.chat_template:
@@ -238,3 +240,12 @@ class TextGenerator:
             if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
                 ids.append(token_id)
         return ids
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_generator(source: str, precision: str) -> TextGenerator:
+    from .accel import optimize_llm
+
+    model, tokenizer = load_causal_lm(source)
+    model, ran = optimize_llm(model, precision)
+    return TextGenerator(model, tokenizer, source, ran)
