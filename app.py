@@ -10,11 +10,12 @@ import os
 
 import gradio as gr
 
-from wordsworlds.ui import CSS, build_demo
+from wordsworlds.ui import CSS, build_demo, warm_up
 
 demo = build_demo()
 
 if __name__ == "__main__":
+    warm_up()
     # A room of phones at once: queue requests, several handlers at a time.
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

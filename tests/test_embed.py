@@ -84,7 +84,7 @@ def test_anchor_axes_put_the_anchors_at_0_and_1():
 
 def test_too_few_points_for_tsne_fall_back_to_pca_with_a_notice():
     result = explore(ANIMALS, spaces=["minilm"], projection="tsne")
-    assert any("tsne needs at least 5" in n for n in result.notices)
+    assert any("t-SNE needs at least 5" in n for n in result.notices)
     np.testing.assert_array_equal(result.coords["minilm"], project(embed(ANIMALS, "minilm"), "pca", 2)[0])
 
 

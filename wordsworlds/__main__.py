@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    from . import embed
+
+    embed.add_cli(sub)
     return parser
 
 

@@ -283,9 +283,9 @@ def cmd_embed(args) -> int:
     for space in result.spaces:
         print(f"\n{space} ({SPACES[space].kind}: {SPACES[space].title}) · {result.seconds[space]:.2f} s, "
               f"{result.cached[space]} cached")
-        print(" " * width + "".join(f"{a[:12]:>14}" for a in result.axes[space]))
+        print(" " * width + "".join(f"{a[:16]:>18}" for a in result.axes[space]))
         for word, xyz in zip(result.words, result.coords[space]):
-            print(f"{word:<{width}}" + "".join(f"{v:>14.4f}" for v in xyz))
+            print(f"{word:<{width}}" + "".join(f"{v:>18.4f}" for v in xyz))
         if len(result.words) <= 12:
             print("cosine similarity\n" + " " * width + "".join(f"{w[:8]:>9}" for w in result.words))
             for word, row in zip(result.words, result.similarity[space]):

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 PROJECTIONS = ("pca", "tsne", "umap", "anchors")
 MIN_POINTS = {"tsne": 5, "umap": 8}  # below this, neither has a neighbourhood to preserve
+NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP", "anchors": "custom axes"}
 SEED = 0
 
 
@@ -107,7 +108,8 @@ def project(vectors: np.ndarray, method: str = "pca", dimensions: int = 2, ancho
     count = len(vectors)
     pcs = tuple(f"PC {i + 1}" for i in range(dimensions))
     if method in MIN_POINTS and count < MIN_POINTS[method]:
-        return pca(vectors, dimensions), f"{method} needs at least {MIN_POINTS[method]} words, got {count}: showing PCA", pcs
+        notice = f"{NAMES[method]} needs at least {MIN_POINTS[method]} words, got {count}: showing PCA"
+        return pca(vectors, dimensions), notice, pcs
     if method == "tsne":
         return tsne(vectors, dimensions), None, tuple(f"t-SNE {i + 1}" for i in range(dimensions))
     if method == "umap":

@@ -14,7 +14,7 @@ footer {display: none !important}
 
 
 def build_demo() -> gr.Blocks:
-    from . import hybrid, side_by_side
+    from . import explorer, hybrid, side_by_side
 
     preset = get_preset()
     with gr.Blocks(title=TITLE) as demo:
@@ -26,6 +26,21 @@ def build_demo() -> gr.Blocks:
         )
         with gr.Tab("Words vs worlds"):
             side_by_side.build()
+        with gr.Tab("Embedding explorer"):
+            explorer.build()
         with gr.Tab("Hybrid pipeline"):
             hybrid.build()
     return demo
+
+
+def warm_up() -> None:
+    """Load every model of the preset before the first visitor arrives (the first GGUF start
+    converts for ~25 s with a progress bar in the console; later starts read the cache)."""
+    from ..describe import shared_recognizer
+    from ..image import ImageGenerator
+    from ..text import TextGenerator
+
+    TextGenerator.load()
+    ImageGenerator.load()
+    if get_preset().describer == "shapes-recognizer":
+        shared_recognizer()

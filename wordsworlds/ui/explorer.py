@@ -115,6 +115,9 @@ def build() -> None:
     about = gr.Markdown()
     spaces = gr.CheckboxGroup(choices=[(f"{s.kind}: {s.title}", s.name) for s in SPACES.values()],
                               value=list(DEFAULT_SPACES), label="Spaces")
+    with gr.Accordion("What each space is", open=False):
+        gr.Markdown("\n".join(f"- **{s.title}** (`{s.name}`, {s.kind}): {s.about}" for s in SPACES.values())
+                    + "\n\nEvery view uses cosine similarity: vectors are scaled to length 1 first.")
     with gr.Row():
         projection = gr.Radio(PROJECTION_CHOICES, value="pca", label="Projection")
         dimensions = gr.Radio([2, 3], value=2, label="Dimensions")
@@ -124,7 +127,7 @@ def build() -> None:
             anchor_from = gr.Textbox(label="Axis from", placeholder="small")
             anchor_to = gr.Textbox(label="Axis to", placeholder="large")
             llm_layer = gr.Number(value=None, precision=0, label="LLM layer (empty: the middle one)")
-    notes = gr.Markdown()
+    notes = gr.Markdown(label="Notes")
     scatter = gr.Plot(label="Where the words land (colour: order along the first panel's x axis)")
     with gr.Row():
         neighbours = gr.Dataframe(label="Nearest neighbours of the highlighted word", interactive=False)
@@ -134,7 +137,7 @@ def build() -> None:
     heatmap = gr.Plot(label="Cosine similarity")
     gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=8, height=260)
     with gr.Accordion("Tokenizers: how each model splits the words", open=False):
-        tokens = gr.Dataframe(interactive=False, wrap=True)
+        tokens = gr.Dataframe(label="Tokenizers", interactive=False, wrap=True)
 
     inputs = [words, template, spaces, projection, dimensions, anchor_from, anchor_to, highlight, llm_layer]
     outputs = [scatter, heatmap, neighbours, agreement, shifts, gallery, notes]

@@ -40,7 +40,7 @@ def round_markdown(round_) -> str:
 
 
 def run_pipeline(idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
-                 guidance_scale: float = 5.0, seed: int = 0):
+                 guidance_scale: float = 5.0, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
     """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""
     with user_errors():
         idea = validate_idea(idea)

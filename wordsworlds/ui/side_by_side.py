@@ -45,7 +45,7 @@ def token_record(step) -> dict:
 
 
 def generate_text(prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0, seed: int | None = None):
+                  top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
     """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
     with user_errors():
         prompt = validate_prompt(prompt)
@@ -81,7 +81,7 @@ def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: 
 
 
 def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
-                 seed: int = 0, scheduler: str = "dpm++"):
+                 seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
     """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
     from ..image import ImageGenerator
 
@@ -106,7 +106,7 @@ def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, nega
 
 def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
             steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "", seed: int = 0,
-            scheduler: str = "dpm++"):
+            scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
     """Both engines on one prompt at once, with a shared timeline of tokens and steps."""
     with user_errors():
         prompt = validate_prompt(prompt)
