@@ -105,5 +105,7 @@ def test_words_endpoint_answers_through_gradio_client(app_client):
     assert top["confidences"] and "tokens/s" in stats
     with pytest.raises(Exception, match="empty"):
         app_client.predict("  ", 6, 0, 0, 1, 0, api_name="/generate_text")
-    with pytest.raises(Exception, match="temperature"):
+    with pytest.raises(Exception, match="-1 is less than minimum"):  # the slider's own bound check
         app_client.predict(PROMPT, 6, -1, 0, 1, 0, api_name="/generate_text")
+    with pytest.raises(Exception, match="max_new_tokens|maximum"):
+        app_client.predict(PROMPT, 10_000, 0, 0, 1, 0, api_name="/generate_text")

@@ -44,7 +44,8 @@ def cmd_train(args) -> int:
         config.seed = args.seed
     out = Path(args.out) if args.out else WEIGHTS_DIR
     summary = train(config, out=out, run_dir=Path(args.run_dir))
-    print(json.dumps({k: summary[k] for k in ("timings", "train_total_s", "recognizer_exact_scene_accuracy")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("stage_seconds", "this_invocation_s", "recognizer_exact_scene_accuracy")},
+                     indent=2))
     from .world.evaluate import format_report
 
     print(format_report(summary["evaluation"]))

@@ -29,6 +29,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     StableDiffusionPipeline,
 )
 from PIL import Image
@@ -42,6 +43,7 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),  # stochastic: fresh noise each step
     "ddpm": (DDPMScheduler, {}),  # stochastic, the original sampler
+    "lcm": (LCMScheduler, {}),  # for LCM-distilled weights (LCM-LoRA, hub.py): 2-8 steps
 }
 MAX_STEPS = 100
 MAX_SIDE = 1024
@@ -129,18 +131,21 @@ class RenderError(RuntimeError):
     """The model produced no usable image (NaN or blank output)."""
 
 
-@functools.lru_cache(maxsize=2)
 def load_pipeline(source: str) -> StableDiffusionPipeline:
-    """One pipeline per process, shared; each render gets its own scheduler (see ImageGenerator)."""
-    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """One SD or SDXL pipeline per process, shared, with the $WORDSWORLDS_* acceleration policy
+    applied (hub.load_diffusion); each render gets its own scheduler (see ImageGenerator)."""
+    from .hub import load_diffusion
+
+    return load_diffusion(source)[0]
 
 
 class ImageGenerator:
-    def __init__(self, pipe: StableDiffusionPipeline, source: str = ""):
+    def __init__(self, pipe: StableDiffusionPipeline, source: str = "", accel: list[str] | None = None,
+                 preview_decoder=None):
         self.pipe = pipe
         self.source = source
+        self.accel = list(accel or [])  # what the acceleration policy ran, one line per option (accel.py)
+        self.preview_decoder = preview_decoder  # e.g. TAESD for the x0 previews; None: the full VAE
         self.previewer = LatentPreviewer.fit(pipe.vae)
 
     @classmethod
@@ -163,7 +168,9 @@ class ImageGenerator:
         # its own; the weights are shared.
         cls, extra = SCHEDULERS[options.scheduler]
         scheduler = cls.from_config(self.pipe.scheduler.config, **extra)
-        pipe = StableDiffusionPipeline(**(self.pipe.components | {"scheduler": scheduler}), requires_safety_checker=False)
+        settings = {k: self.pipe.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt")
+                    if k in self.pipe.config}  # SD's and SDXL's options beside their components
+        pipe = type(self.pipe)(**(self.pipe.components | {"scheduler": scheduler}), **settings)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -233,7 +240,7 @@ class ImageGenerator:
             stats.step_times_s.append(now - last)
             stats.steps = i + 1
             x0 = self.decode(latest["x0"]) if options.previews and "x0" in latest else None
-            emit(StepFrame(i + 1, options.steps, float(t), self.previewer.to_image(tensors["latents"][-1]), x0,
+            emit(StepFrame(i + 1, options.steps, float(t), self.previewer.to_image(tensors["latents"][-1].cpu()), x0,
                            now - started))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
@@ -265,9 +272,8 @@ class ImageGenerator:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> Image.Image:
-        """Full VAE decode of one latent (the x0 preview)."""
-        vae = self.pipe.vae
-        return _decode_latents(self.pipe, latents[-1:].to(vae.dtype))
+        """Decode one latent (the x0 preview): the tiny preview decoder if there is one, else the full VAE."""
+        return _decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents[-1:])
 
 
 def check_output(array: np.ndarray) -> list[str]:
@@ -284,7 +290,13 @@ def check_output(array: np.ndarray) -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _shared_generator(source: str) -> ImageGenerator:
-    return ImageGenerator(load_pipeline(source), source)
+    from .accel import DiffusionPolicy, load_preview_decoder
+    from .hub import load_diffusion
+
+    policy = DiffusionPolicy.from_env()
+    pipe, ran = load_diffusion(source, policy)
+    preview_decoder, preview_ran = load_preview_decoder(policy, pipe)
+    return ImageGenerator(pipe, source, [*ran, preview_ran], preview_decoder)
 
 
 def tokenize_prompt(tokenizer, prompt: str) -> tuple[list[str], int]:
@@ -301,8 +313,10 @@ def noise_levels(scheduler) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_latents(pipe, latents: torch.Tensor) -> Image.Image:
-    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
-    array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    vae = getattr(pipe, "vae", pipe)  # a pipeline, or a VAE (AutoencoderKL or AutoencoderTiny) itself
+    latents = latents.to(vae.device, vae.dtype)
+    decoded = vae.decode(latents / vae.config.scaling_factor).sample[0]
+    array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 
 

@@ -31,6 +31,9 @@ class Preset:
     diffusion: str
     describer: str
     hardware: str  # which Space hardware it suits
+    # CLIP (text and image towers) for the explorer's appearance space; "" means the diffusion
+    # pipeline's own text encoder (the tiny preset's has no image tower).
+    clip: str = ""
 
 
 PRESETS = {
@@ -49,6 +52,7 @@ PRESETS = {
         diffusion="stabilityai/sd-turbo",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="free CPU Space (1-4 steps) or any GPU",
+        clip="openai/clip-vit-base-patch32",  # SD-Turbo's own OpenCLIP ViT-H is 4 GB: too heavy for a CPU Space
     ),
     "sd15": Preset(
         name="sd15",
@@ -57,6 +61,7 @@ PRESETS = {
         diffusion="stable-diffusion-v1-5/stable-diffusion-v1-5",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space (T4 or better) or ZeroGPU",
+        clip="openai/clip-vit-large-patch14",  # SD 1.5's text encoder is this model's text tower
     ),
     "sdxl-turbo": Preset(
         name="sdxl-turbo",
@@ -65,12 +70,13 @@ PRESETS = {
         diffusion="stabilityai/sdxl-turbo",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space with 16 GB or ZeroGPU",
+        clip="openai/clip-vit-large-patch14",  # SDXL's first text encoder is this model's text tower
     ),
 }
 
 
 # Per-role overrides, e.g. WORDSWORLDS_DIFFUSION=/path/to/a/diffusers/folder.
-ROLE_ENV_VARS = {role: f"WORDSWORLDS_{role.upper()}" for role in ("llm", "meaning_encoder", "diffusion", "describer")}
+ROLE_ENV_VARS = {role: f"WORDSWORLDS_{role.upper()}" for role in ("llm", "meaning_encoder", "diffusion", "describer", "clip")}
 
 
 def get_preset(name: str | None = None) -> Preset:
