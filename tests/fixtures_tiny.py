@@ -268,5 +268,5 @@ def build_mirror(root: Path, lora: bool | None = None) -> Path:
     if lora is None:
         lora = importlib.util.find_spec("peft") is not None
     if lora:
-        place(LCM_LORAS["StableDiffusionPipeline"], save_tiny_lora, root / PRESETS["sd15"].diffusion)
+        place(LCM_LORAS[PRESETS["sd15"].diffusion], save_tiny_lora, root / PRESETS["sd15"].diffusion)
     return root

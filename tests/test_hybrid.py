@@ -75,3 +75,18 @@ def test_the_tab_answers_through_gradio_client(app_client):
     assert choices["data"] and choices["data"][0][0] == "size"
     with pytest.raises(Exception, match="rounds"):
         app_client.predict(DIRECT, 9, True, True, 10, 5.0, 0, api_name="/run_pipeline")
+
+
+def test_cli_hybrid_json_and_bad_input():
+    import json
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "wordsworlds", "hybrid", DIRECT, "--rounds", "1", "--steps", "8",
+                         "--json"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    payload = json.loads(ok.stdout)
+    assert len(payload["rounds"]) == 1 and payload["rounds"][0]["plan"]["caption"]
+    bad = subprocess.run([sys.executable, "-m", "wordsworlds", "hybrid", DIRECT, "--rounds", "9"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "rounds" in bad.stderr

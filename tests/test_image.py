@@ -109,3 +109,21 @@ def test_both_halves_answer_through_gradio_client(app_client):
     assert Image.open(noisy).size == (64, 64)
     with pytest.raises(Exception, match="scheduler"):
         app_client.predict(PROMPT, 4, 5.0, "", 0, "magic", api_name="/render_image")
+
+
+def test_cli_render_writes_the_image_and_rejects_bad_input(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "render.png"
+    ok = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, "--steps", "5", "--out", str(out),
+                         "--frames", str(tmp_path / "frames"), "--json"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["stats"]["steps"] == 5 and Image.open(out).size == (64, 64)
+    assert len(list((tmp_path / "frames").glob("*_x0.png"))) == 5
+    for args, message in [(["--steps", "0"], "steps"), (["--scheduler", "magic"], "scheduler"),
+                          (["--guidance", "nan"], "finite"), (["--height", "65"], "multiple of 8")]:
+        bad = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, *args],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr

@@ -12,6 +12,18 @@ LLM precision on the CPU (`WORDSWORLDS_LLM_PRECISION`):
     >>> model, report = optimize_llm(model, "int8")        # doctest: +SKIP
     >>> report                                              # doctest: +SKIP
     'int8 (dynamic quantization of 211 Linear layers, x86 engine)'
+
+The LLM's KV cache (`WORDSWORLDS_LLM_CACHE`): "dynamic" (default) or "static" (make_llm_cache).
+
+Diffusion pipelines (SD, SDXL): a `DiffusionPolicy`, one field per option, each also read from
+`WORDSWORLDS_<FIELD>` by `DiffusionPolicy.from_env()`: device, precision (fp16/bf16 with the
+VAE kept in fp32), attention (PyTorch SDPA by default, xformers when installed, classic),
+channels_last, fused QKV projections, torch.compile (never on ZeroGPU), VAE tiling, and a
+tiny decoder (TAESD) for the per-step previews. `benchmarks/bench_sd15.py` measures them.
+
+    >>> from wordsworlds.accel import DiffusionPolicy, apply_diffusion_policies
+    >>> apply_diffusion_policies(pipe, DiffusionPolicy(fuse_qkv=True))  # doctest: +SKIP
+    ['device: cpu', 'precision: fp32', 'attention: PyTorch SDPA (AttnProcessor2_0)', 'fused QKV projections (U-Net and VAE)']
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import importlib.util
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -99,7 +111,8 @@ def make_llm_cache(model, max_cache_len: int, kind: str | None = None):
         cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
     except (TypeError, ValueError) as error:  # an architecture whose layers the static cache cannot describe
         return None, f"dynamic KV cache (static cache failed: {error})"
-    return cache, f"static KV cache ({max_cache_len} positions, {parameter.dtype} on {parameter.device.type})"
+    dtype = NAMES.get(parameter.dtype, parameter.dtype)
+    return cache, f"static KV cache ({max_cache_len} positions, {dtype} on {parameter.device.type})"
 
 
 # ---------------------------------------------------------------- diffusion pipelines
@@ -132,7 +145,7 @@ class DiffusionPolicy:
 
     device: str = "auto"  # "auto": CUDA when there is one, else the CPU
     precision: str = "auto"  # "auto": fp16 on CUDA, fp32 on the CPU
-    attention: str = "sdpa"  # "sdpa" (PyTorch's fused kernels), "xformers" (optional extra), "classic" (plain matmuls)
+    attention: str = "sdpa"  # "sdpa" (PyTorch's fused kernels), "xformers" (an optional extra), "classic" (matmuls)
     vae_fp32: bool = True  # under fp16/bf16, keep the VAE in fp32 and feed it cast latents
     channels_last: bool = False  # NHWC memory layout for the convolutions (tensor cores like it)
     fuse_qkv: bool = False  # one matmul for Q, K and V in self-attention (K and V in cross-attention)
@@ -159,10 +172,18 @@ class DiffusionPolicy:
         return cls(**values)
 
     @classmethod
-    def fastest(cls, compile: bool = False) -> "DiffusionPolicy":
-        """Every speed-up that keeps the image: what the benchmark's optimized path runs."""
-        return cls(attention="xformers" if importlib.util.find_spec("xformers") else "sdpa",
-                   channels_last=True, fuse_qkv=True, compile=compile)
+    def fastest(cls, device: str = "auto", compile: bool = False) -> "DiffusionPolicy":
+        """The speed-ups that keep the image and pay on `device` (benchmarks/bench_sd15.py measures them).
+
+        On CUDA: channels_last and fused QKV on PyTorch's SDPA (the GPU figures are still to be
+        taken here; diffusers' own guide measures these on SD-class U-Nets; xformers, which
+        cannot be fused, stays a separate option). On a CPU neither paid (channels_last 0.93x,
+        fused QKV 1.0x, 128 px, one thread), so there it keeps the defaults.
+        """
+        policy = cls(device=device, compile=compile)
+        if policy.resolved_device()[0] == "cpu":
+            return policy
+        return replace(policy, channels_last=True, fuse_qkv=True)
 
     def resolved_device(self) -> tuple[str, str]:
         """(the device that will run, a note when it is not the one asked for)."""
@@ -210,15 +231,18 @@ def apply_diffusion_policies(pipe, policy: DiffusionPolicy | None = None) -> lis
     vae = pipe.vae
     if half and policy.vae_fp32:
         vae.to(torch.float32)
-        for module in (getattr(vae, "post_quant_conv", None), vae.decoder, getattr(vae, "quant_conv", None), vae.encoder):
+        for module in (getattr(vae, "post_quant_conv", None), vae.decoder, getattr(vae, "quant_conv", None),
+                       vae.encoder):
             if module is not None and not getattr(module, "_casts_inputs", False):
                 module.register_forward_pre_hook(_cast_to_weights, with_kwargs=True)
                 module._casts_inputs = True
         ran.append(f"precision: {note or NAMES[dtype]} (VAE kept in fp32; NaN check on output)")
     elif half:
-        ran.append(f"precision: {note or NAMES[dtype]} (VAE in half precision"
-                   f"{', upcast per decode by the pipeline' if vae.config.get('force_upcast') and 'XL' in type(pipe).__name__ else ''}"
-                   "; NaN check on output)")
+        # SDXL's pipeline upcasts a force_upcast VAE for each decode and casts it back after: two
+        # renders sharing the VAE can then catch it mid-cast. Hence vae_fp32 as the default.
+        upcast = vae.config.get("force_upcast") and "XL" in type(pipe).__name__
+        upcast = ", upcast per decode by the pipeline" if upcast else ""
+        ran.append(f"precision: {note or NAMES[dtype]} (VAE in half precision{upcast}; NaN check on output)")
     else:
         ran.append(f"precision: {note or 'fp32'}")
 
@@ -241,7 +265,8 @@ def apply_diffusion_policies(pipe, policy: DiffusionPolicy | None = None) -> lis
         for model in (pipe.unet, vae):
             model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
         if policy.attention != "xformers":
-            ran.append("attention: PyTorch SDPA (AttnProcessor2_0)" if sdpa else "attention: classic (AttnProcessor, plain matmuls)")
+            ran.append("attention: PyTorch SDPA (AttnProcessor2_0)" if sdpa
+                       else "attention: classic (AttnProcessor, plain matmuls)")
 
     if policy.fuse_qkv:
         if attention == "sdpa" and hasattr(pipe, "fuse_qkv_projections"):
@@ -272,25 +297,27 @@ def compile_unet(pipe) -> str:
     """torch.compile the U-Net in place, where it can run; return what ran."""
     from .gpu import on_zero_gpu
 
+    if isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
+        return "torch.compile (U-Net, compiled already)"
     if on_zero_gpu():
         return "not compiled (torch.compile does not run on ZeroGPU)"
     if pipe.unet.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         return "not compiled (torch.compile on a CPU needs a C++ compiler)"
-    if isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
-        return "torch.compile (U-Net, compiled already)"
     # A wrapper, not unet.compile(): the engine's forward hooks then stay outside the compiled
     # graph, so adding and removing them per render does not force a recompilation.
     pipe.unet = torch.compile(pipe.unet)
     return "torch.compile (U-Net; compiles on the first call, again for each new shape)"
 
 
-def load_preview_decoder(policy: DiffusionPolicy, pipe, source: str | None = None):
+def load_preview_decoder(policy: DiffusionPolicy, pipe, diffusion: str = ""):
     """(AutoencoderTiny or None, what ran): a distilled decoder (TAESD) for the per-step x0 previews.
 
     TAESD decodes in about 1/100 of the full VAE's arithmetic, so a preview at every step costs
-    little; the final image still goes through the full VAE. `source` defaults to the policy's.
+    little; the final image still goes through the full VAE. A tiny decoder is trained for one
+    latent space, so "tiny" picks it by the diffusion model's Hub id (`diffusion`); a folder or
+    Hub id in `policy.preview_decoder` is taken as is.
     """
-    choice = source or policy.preview_decoder
+    choice = policy.preview_decoder
     if not choice:
         return None, "x0 previews: full VAE"
     from diffusers import AutoencoderTiny
@@ -298,9 +325,9 @@ def load_preview_decoder(policy: DiffusionPolicy, pipe, source: str | None = Non
     from .hub import PREVIEW_DECODERS, resolve_source
 
     if choice == "tiny":
-        choice = PREVIEW_DECODERS.get(type(pipe).__name__)
+        choice = PREVIEW_DECODERS.get(diffusion)
         if choice is None:
-            return None, f"x0 previews: full VAE (no tiny decoder known for {type(pipe).__name__})"
+            return None, f"x0 previews: full VAE (no tiny decoder known for the latents of {diffusion or 'this model'})"
     try:
         decoder = AutoencoderTiny.from_pretrained(resolve_source(choice))
     except (OSError, ValueError) as error:

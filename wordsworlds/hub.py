@@ -40,15 +40,17 @@ FEW_STEP_ENV = "WORDSWORLDS_FEW_STEP"
 FEW_STEP_OPTIONS = ("", "lcm-lora")
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the families the step stream knows
 
-# Few-step adapters (Luo et al., 2023, "LCM-LoRA"): a LoRA distilled for 2-8 steps with LCMScheduler.
+# Few-step adapters (Luo et al., 2023, "LCM-LoRA"): a LoRA distilled for 2-8 steps with LCMScheduler,
+# per base model (SD-Turbo and SDXL-Turbo are few-step already; SD-Turbo's SD 2.1 U-Net would not fit).
 LCM_LORAS = {
-    "StableDiffusionPipeline": "latent-consistency/lcm-lora-sdv1-5",
-    "StableDiffusionXLPipeline": "latent-consistency/lcm-lora-sdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "latent-consistency/lcm-lora-sdv1-5",
 }
-# Tiny distilled decoders (TAESD) for cheap per-step previews, per latent space.
+# Tiny distilled decoders (TAESD) for cheap per-step previews, per latent space: SD 1.x and 2.x
+# share one VAE; SDXL has its own. (The shapes world's VAE has none: its previews use the full VAE.)
 PREVIEW_DECODERS = {
-    "StableDiffusionPipeline": "madebyollin/taesd",
-    "StableDiffusionXLPipeline": "madebyollin/taesdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "madebyollin/taesd",
+    "stabilityai/sd-turbo": "madebyollin/taesd",
+    "stabilityai/sdxl-turbo": "madebyollin/taesdxl",
 }
 # Ids published with half-precision weight files (`variant="fp16"`: half the download).
 FP16_VARIANTS = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/sd-turbo", "stabilityai/sdxl-turbo"}
@@ -76,7 +78,7 @@ LCM_RECIPE = DiffusionRecipe(4, 1.0, 512, "lcm")  # guidance 1: no second U-Net 
 
 def recipe_for(source: str, few_step: str = "") -> DiffusionRecipe | None:
     """The published settings for a Hub id (None for a folder of unknown origin)."""
-    if few_step == "lcm-lora":
+    if few_step == "lcm-lora" and source in LCM_LORAS:
         return LCM_RECIPE
     return RECIPES.get(source)
 
@@ -99,7 +101,7 @@ def pipeline_class(source: str):
     import diffusers
 
     folder = resolve_source(source)
-    if Path(folder).is_dir():
+    if Path(folder).is_dir() or Path(folder).is_absolute() or folder.startswith("."):
         index = Path(folder) / "model_index.json"
         if not index.exists():
             raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
@@ -128,7 +130,8 @@ def load_diffusion(source: str, policy: DiffusionPolicy | None = None, few_step:
     """
     few_step = os.environ.get(FEW_STEP_ENV, "") if few_step is None else few_step
     if few_step not in FEW_STEP_OPTIONS:
-        raise ValueError(f"unknown few-step option {few_step!r}; choose one of {', '.join(map(repr, FEW_STEP_OPTIONS))}")
+        choices = ", ".join(map(repr, FEW_STEP_OPTIONS))
+        raise ValueError(f"unknown few-step option {few_step!r}; choose one of {choices}")
     return _load_diffusion(source, policy or DiffusionPolicy.from_env(), few_step)
 
 
@@ -145,19 +148,19 @@ def _load_diffusion(source: str, policy: DiffusionPolicy, few_step: str):
     ran = []
     if few_step == "lcm-lora":
         # Before the policies: a LoRA targets the separate Q, K, V projections that fusion replaces.
-        ran.append(load_lcm_lora(pipe))
+        ran.append(load_lcm_lora(pipe, source))
     ran[:0] = apply_diffusion_policies(pipe, policy)
     return pipe, tuple(ran)
 
 
-def load_lcm_lora(pipe, source: str | None = None) -> str:
-    """Fuse LCM-LoRA into the U-Net and switch to LCMScheduler; return what ran."""
+def load_lcm_lora(pipe, diffusion: str, lora: str | None = None) -> str:
+    """Fuse the LCM-LoRA made for `diffusion` (a Hub id) into the U-Net and switch to LCMScheduler;
+    return what ran. `lora` overrides which LoRA (a Hub id or folder)."""
     from diffusers import LCMScheduler
 
-    family = type(pipe).__name__
-    source = source or LCM_LORAS.get(family)
+    source = lora or LCM_LORAS.get(diffusion)
     if source is None:
-        return f"LCM-LoRA: none published for {family}; the model's own scheduler kept"
+        return f"LCM-LoRA not loaded: none is published for {diffusion}; the model's own scheduler kept"
     if importlib.util.find_spec("peft") is None:
         return "LCM-LoRA not loaded: diffusers loads LoRAs through the peft package (pip install peft)"
     pipe.load_lora_weights(resolve_source(source), adapter_name="lcm")
@@ -165,7 +168,8 @@ def load_lcm_lora(pipe, source: str | None = None) -> str:
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-    return f"LCM-LoRA {source} fused into the U-Net; LCMScheduler ({LCM_RECIPE.steps} steps, guidance {LCM_RECIPE.guidance_scale:g})"
+    recipe = LCM_RECIPE
+    return f"LCM-LoRA {source} fused into the U-Net; LCMScheduler ({recipe.steps} steps, guidance {recipe.guidance_scale:g})"
 
 
 # ---------------------------------------------------------------- the LLM

@@ -295,7 +295,7 @@ def _shared_generator(source: str) -> ImageGenerator:
 
     policy = DiffusionPolicy.from_env()
     pipe, ran = load_diffusion(source, policy)
-    preview_decoder, preview_ran = load_preview_decoder(policy, pipe)
+    preview_decoder, preview_ran = load_preview_decoder(policy, pipe, source)
     return ImageGenerator(pipe, source, [*ran, preview_ran], preview_decoder)
 
 
