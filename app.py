@@ -10,6 +10,7 @@ import os
 
 import gradio as gr
 
+import wordsworlds.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before CUDA starts)
 from wordsworlds.ui import CSS, build_demo, warm_up
 
 demo = build_demo()

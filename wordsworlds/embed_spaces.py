@@ -111,19 +111,16 @@ def load_sentence_encoder(source: str):
     return SentenceTransformer(source, device="cpu")
 
 
-@functools.lru_cache(maxsize=2)
 def load_diffusion(source: str):
     """The Stable Diffusion pipeline at `source` (a diffusers folder or a Hub id)."""
-    from diffusers import StableDiffusionPipeline
-
     if Path(source).is_absolute() and not (Path(source) / "model_index.json").exists():
         raise SpaceUnavailable(
             f"no diffusion weights at {source} yet; train them (python -m wordsworlds train) "
             f"or point ${DIFFUSION_ENV} at a diffusers folder"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    from .image import load_pipeline  # the same pipeline the worlds tab uses: one per process
+
+    return load_pipeline(source)
 
 
 @functools.lru_cache(maxsize=2)

@@ -29,11 +29,11 @@ class LatentPreviewer:
     def fit(cls, vae, samples: int = 8, side: int = 8, seed: int = 0) -> "LatentPreviewer":
         channels = vae.config.latent_channels
         generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(samples, channels, side, side, generator=generator).to(vae.dtype)
-        images = vae.decode(latents / vae.config.scaling_factor).sample.float()
+        latents = torch.randn(samples, channels, side, side, generator=generator).to(vae.device, vae.dtype)
+        images = vae.decode(latents / vae.config.scaling_factor).sample.float().cpu()
         scale = images.shape[-1] // side
         pooled = F.avg_pool2d(images, scale)  # one RGB value per latent cell
-        x = latents.float().permute(0, 2, 3, 1).reshape(-1, channels)
+        x = latents.float().cpu().permute(0, 2, 3, 1).reshape(-1, channels)
         y = pooled.permute(0, 2, 3, 1).reshape(-1, 3)
         x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
         weights = torch.linalg.lstsq(x, y).solution
@@ -41,7 +41,7 @@ class LatentPreviewer:
 
     def to_image(self, latent: torch.Tensor) -> Image.Image:
         """One latent (C, H, W) -> an RGB picture at the image's size (blocky on purpose)."""
-        array = latent.detach().float().permute(1, 2, 0).numpy()
+        array = latent.detach().float().cpu().permute(1, 2, 0).numpy()
         rgb = array @ self.weights[:-1] + self.weights[-1]
         rgb = ((np.clip(rgb, -1, 1) + 1) * 127.5).round().astype(np.uint8)
         image = Image.fromarray(rgb)

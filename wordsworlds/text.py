@@ -172,7 +172,7 @@ class TextGenerator:
             )["input_ids"]
         else:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        return ids
+        return ids.to(self.model.device)
 
     @torch.inference_mode()
     def stream(
@@ -194,7 +194,7 @@ class TextGenerator:
         text_so_far = ""
         stats.stopped_by = "max_new_tokens"
         for index in range(options.max_new_tokens):
-            logits = output.logits[0, -1].float()
+            logits = output.logits[0, -1].float().cpu()
             probs = logits.softmax(-1)
             if options.greedy:
                 token = int(torch.argmax(logits))
@@ -222,7 +222,8 @@ class TextGenerator:
                 break
             if index + 1 < options.max_new_tokens:
                 output = self.model(
-                    input_ids=torch.tensor([[token]]), past_key_values=output.past_key_values, use_cache=True
+                    input_ids=torch.tensor([[token]], device=self.model.device), past_key_values=output.past_key_values,
+                    use_cache=True,
                 )
                 stats.forward_passes += 1
         stats.total_s = time.perf_counter() - started
@@ -245,7 +246,8 @@ class TextGenerator:
 @functools.lru_cache(maxsize=4)
 def _shared_generator(source: str, precision: str) -> TextGenerator:
     from .accel import optimize_llm
+    from .hub import resolve_source
 
-    model, tokenizer = load_causal_lm(source)
+    model, tokenizer = load_causal_lm(resolve_source(source))
     model, ran = optimize_llm(model, precision)
     return TextGenerator(model, tokenizer, source, ran)

@@ -12,6 +12,7 @@ import pandas as pd
 from ..embed import DEFAULT_SPACES, explore, heatmap_figure, parse_words, scatter_figure, validate_template, word_sets
 from ..embed_spaces import SPACES, SpaceUnavailable, rendered_images, tokenize
 from ..text import InputError
+from ..gpu import on_gpu
 from .common import format_seconds, user_errors
 
 DEFAULT_WORDS = "dog, puppy, cat, kitten, banana, apple, car, truck, red circle, blue square, small, large"
@@ -27,6 +28,7 @@ def describe(result) -> str:
     return "\n".join(lines)
 
 
+@on_gpu(duration=120)
 def embed_words(words: str, template: str = "", spaces: list[str] | None = None, projection: str = "pca",
                 dimensions: int = 2, anchor_from: str = "", anchor_to: str = "", highlight: str = "",
                 llm_layer: float | None = None):

@@ -8,6 +8,7 @@ import gradio as gr
 from ..charts import score_figure
 from ..hybrid import MAX_ROUNDS, run_hybrid, validate_hybrid_options
 from ..planner import validate_idea
+from ..gpu import on_gpu
 from .common import user_errors
 
 EXAMPLE_IDEAS = [
@@ -39,6 +40,7 @@ def round_markdown(round_) -> str:
     )
 
 
+@on_gpu(duration=120)
 def run_pipeline(idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
                  guidance_scale: float = 5.0, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
     """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""

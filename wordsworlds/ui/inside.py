@@ -10,6 +10,7 @@ import gradio as gr
 from ..charts import noise_schedule_figure
 from ..image import ImageGenerator, noise_image, noise_levels, tokenize_prompt
 from ..text import validate_prompt
+from ..gpu import on_gpu
 from .common import user_errors
 
 EXAMPLE_IMAGES = sorted(str(p) for p in (Path(__file__).parents[2] / "examples" / "images").glob("*.png"))
@@ -27,6 +28,7 @@ def diffusion_tokens(prompt: str):
     return shaded, note
 
 
+@on_gpu(duration=120)
 def explore_noise(image, timestep: int = 500, seed: int = 0):
     """Noise an image to timestep t (forward process) and let the model guess it back in one step."""
     engine = ImageGenerator.load()

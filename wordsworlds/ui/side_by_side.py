@@ -14,6 +14,7 @@ from ..compare import run_side_by_side, timeline_row
 from ..image import MAX_STEPS, SCHEDULERS, RenderResult, RenderStats, StepFrame, validate_render_options
 from ..text import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options, validate_prompt
 from . import inside
+from ..gpu import on_gpu
 from .common import format_seconds, user_errors
 
 EXAMPLE_PROMPTS = [
@@ -44,6 +45,7 @@ def token_record(step) -> dict:
     return {"index": step.index, "text": step.text, "prob": step.prob, "top": step.top}
 
 
+@on_gpu(duration=120)
 def generate_text(prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
     """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
@@ -80,6 +82,7 @@ def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: 
     )
 
 
+@on_gpu(duration=120)
 def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
                  seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
     """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
@@ -104,6 +107,7 @@ def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, nega
 # ----------------------------------------------------------------------------- both
 
 
+@on_gpu(duration=120)
 def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
             steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "", seed: int = 0,
             scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
