@@ -27,7 +27,8 @@ from wordsworlds.models import load_causal_lm  # noqa: E402
 from wordsworlds.presets import get_preset  # noqa: E402
 from wordsworlds.text import TextGenerator  # noqa: E402
 
-PROMPT_30 = "Explain in simple words how a painter starts from a blank canvas and slowly adds detail until a picture"
+PROMPT_30 = ("Explain in simple words how a painter starts from a blank white canvas, sketches the main shapes, "
+             "and then slowly adds colour and fine detail until the picture")
 
 
 def bench_generate(model, tokenizer, tokens: int) -> tuple[float, float]:
