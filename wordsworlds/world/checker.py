@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .scene import Scene, SceneError
+from .scene import Scene, SceneError, WorldObject
 
 CATEGORIES = ("single object", "two objects", "counting", "colour", "shape", "size", "position", "colour binding")
 
@@ -36,6 +36,18 @@ class CheckResult:
         return {"passed": self.passed, "score": self.score, "checks": self.checks, "findings": self.findings}
 
 
+def match(asked: WorldObject, seen: list[WorldObject]) -> WorldObject | None:
+    """The seen object that stands for an asked one: the same shape and colour (at the asked
+    place if there are several), else whatever is at the asked place, else the same shape."""
+    same_kind = [o for o in seen if (o.shape, o.colour) == (asked.shape, asked.colour)]
+    if same_kind:
+        return next((o for o in same_kind if o.position == asked.position), same_kind[0])
+    at_place = [o for o in seen if o.position == asked.position]
+    if at_place:
+        return at_place[0]
+    return next((o for o in seen if o.shape == asked.shape), None)
+
+
 def check(asked: Scene, seen: Scene | None) -> CheckResult:
     """Compare the asked scene with the scene read from the image."""
     if not isinstance(asked, Scene):
@@ -44,7 +56,6 @@ def check(asked: Scene, seen: Scene | None) -> CheckResult:
         raise SceneError(f"the seen scene must be a Scene or None, got {type(seen).__name__}")
     result = CheckResult()
     seen_objects = list(seen.objects) if seen else []
-    seen_at = {o.position: o for o in seen_objects}
 
     def present(obj):  # an object of the right shape and colour anywhere
         return any(o.shape == obj.shape and o.colour == obj.colour for o in seen_objects)
@@ -62,17 +73,16 @@ def check(asked: Scene, seen: Scene | None) -> CheckResult:
     for category in ("colour", "shape", "size", "position"):
         result.checks[category] = True
     for obj in asked.objects:
-        there = seen_at.get(obj.position)
+        there = match(obj, seen_objects)
         if there is None:
-            result.checks["position"] = False
-            result.findings.append(f"nothing {obj.phrase().split(' ', 4)[-1]}; wanted {obj.phrase()}")
-            continue
-        for attribute, category in (("colour", "colour"), ("shape", "shape"), ("size", "size")):
-            if getattr(there, attribute) != getattr(obj, attribute):
+            for category in ("colour", "shape", "size", "position"):
                 result.checks[category] = False
-                result.findings.append(
-                    f"{obj.phrase()}: the {attribute} came out {getattr(there, attribute)}"
-                )
+            result.findings.append(f"{obj.phrase()}: nothing like it in the picture")
+            continue
+        for attribute in ("colour", "shape", "size", "position"):
+            if getattr(there, attribute) != getattr(obj, attribute):
+                result.checks[attribute] = False
+                result.findings.append(f"{obj.phrase()}: the {attribute} came out {getattr(there, attribute)}")
     if result.checks.get("single object") is False or result.checks.get("two objects") is False:
         for obj in asked.objects:
             if not present(obj):
