@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import numpy as np
 
 from PIL import Image
 
 from .describe import describe
 from .image import ImageGenerator
-from .planner import Plan, ScenePlanner, validate_idea
+from .planner import Plan, PromptPlan, ScenePlanner, expand_idea, validate_idea
+from .presets import get_preset
 from .text import InputError, _number
 from .world.checker import CheckResult, check
 from .world.scene import Scene, parse_caption
@@ -61,7 +64,7 @@ class Round:
     index: int  # 1-based
     action: str  # what this round changed, in words
     prompt: str  # what the diffusion model was given
-    plan: Plan | None
+    plan: Plan | PromptPlan | None
     target: Scene | None  # what the checker compares against
     seed: int
     guidance_scale: float
@@ -79,17 +82,24 @@ class Round:
         }
 
 
-@dataclass
-class HybridResult:
-    rounds: list[Round] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.rounds) and self.rounds[-1].check.passed
-
-
 def unchecked(reason: str) -> CheckResult:
     return CheckResult(checks={}, findings=[reason])
+
+
+SEMANTIC_PASS = 0.5
+
+
+def semantic_check(wanted: str, description: str) -> CheckResult:
+    """Hub presets read no scene: compare the meaning of the describer's caption with the
+    prompt (MiniLM cosine similarity) instead of checking objects one by one."""
+    from .embed_spaces import embed
+
+    vectors = embed([wanted, description], "minilm")
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = float(vectors[0] @ vectors[1])
+    return CheckResult(checks={"meaning": similarity >= SEMANTIC_PASS},
+                       findings=[f"the description is {similarity:.2f} similar in meaning to the prompt "
+                                 f"(pass: {SEMANTIC_PASS})"])
 
 
 def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, planner: ScenePlanner | None = None,
@@ -101,11 +111,14 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
     idea = validate_idea(idea)
     options = options or validate_hybrid_options(**option_kwargs)
     engine = engine or ImageGenerator.load()
-    requested = parse_caption(idea)  # a direct scene description is checked against itself
+    shapes_world = get_preset().describer == "shapes-recognizer"
+    requested = parse_caption(idea) if shapes_world else None  # a scene description is checked against itself
     plan = None
-    if options.plan:
+    if options.plan and shapes_world:
         planner = planner or ScenePlanner.load()
         plan = planner.plan(idea)
+    elif options.plan:
+        plan = expand_idea(idea, engine.pipe.tokenizer)
     seed, guidance = options.seed, options.guidance_scale
     action = "plan, then render" if plan else "render the request as written"
     started = time.perf_counter()
@@ -115,16 +128,21 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
         target = requested or (plan.scene if plan else None)
         result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
         seen, description = describe(result.image)
-        verdict = checker(target, seen) if target else unchecked("the request names no shapes-world scene to check")
+        if not shapes_world:
+            verdict = semantic_check(prompt, description)
+        elif target:
+            verdict = checker(target, seen)
+        else:
+            verdict = unchecked("the request names no shapes-world scene to check")
         yield Round(index, action, prompt, plan, target, seed, guidance, result.image, seen, description, verdict,
                     time.perf_counter() - round_started)
-        if verdict.passed or not options.refine or target is None:
+        if verdict.passed or not options.refine or (shapes_world and target is None):
             return
         if time.perf_counter() - started > options.max_seconds:
             return
         # What changes next: first the noise and the guidance; then, for an everyday idea, the plan.
         seed = (seed + 7919) % 2**32
-        if plan is not None and requested is None and index >= 2:
+        if shapes_world and plan is not None and requested is None and index >= 2:
             plan = planner.plan(idea, feedback="; ".join(verdict.findings[:3]), avoid=plan.scene,
                                 temperature=0.8, seed=seed)
             action = "the LLM rewrote the plan given the checker's findings: " + "; ".join(verdict.findings[:2])

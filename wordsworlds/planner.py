@@ -196,3 +196,44 @@ class ScenePlanner:
         cache.batch_select_indices(torch.tensor([best]))
         out = self.model(input_ids=torch.tensor([token_lists[best]]), past_key_values=cache, use_cache=True)
         return scores, out.past_key_values, out.logits[0, -1], best
+
+
+# ----------------------------------------------------------------------------- Hub presets
+
+
+@dataclass
+class PromptPlan:
+    """With a full-size diffusion model the plan is free text: a richer prompt for the idea."""
+
+    caption: str
+    scene: None = None
+    choices: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"caption": self.caption, "scene": None, "choices": []}
+
+
+def sanitize_prompt(text: str, tokenizer, fallback: str) -> str:
+    """LLM output is untrusted: one line of printable text, no labels or quotes, cut to what the
+    diffusion text encoder reads (its token limit). Nothing in it is ever executed."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    line = re.sub(r"^(image )?prompt\s*:\s*", "", line, flags=re.IGNORECASE)
+    line = "".join(ch for ch in line if ch.isprintable()).strip(" \"'*`")
+    line = re.sub(r"\s+", " ", line)
+    limit = tokenizer.model_max_length - 2
+    words = line.split(" ")
+    while words and len(tokenizer.tokenize(" ".join(words))) > limit:
+        words.pop()
+    return " ".join(words) or fallback
+
+
+def expand_idea(idea: str, tokenizer, generator=None) -> PromptPlan:
+    """Hub presets: the LLM writes a vivid one-sentence prompt for the idea, within the limit."""
+    from .text import TextGenerator
+
+    idea = validate_idea(idea)
+    generator = generator or TextGenerator.load()
+    instruction = f"Write one vivid prompt for an image generator, a single sentence under 40 words, for: {idea}"
+    text = generator.generate(instruction, max_new_tokens=64).text
+    return PromptPlan(sanitize_prompt(text, tokenizer, fallback=idea))
