@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -194,31 +193,8 @@ def test_cli_rejects_bad_input_with_exit_code_2(capsys):
 # ---------------------------------------------------------------- the tab, through gradio_client on loopback
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def explorer_client():
-    import gradio as gr
-    from gradio_client import Client
-
-    from wordsworlds.ui import explorer
-
-    with gr.Blocks() as demo:
-        explorer.build()
-    port = free_port()
-    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
-
-
-def test_tab_answers_over_http(explorer_client):
-    outputs = explorer_client.predict(", ".join(ANIMALS), "", ["minilm"], "pca", 2, "", "", "puppy", None,
+def test_tab_answers_over_http(app_client):
+    outputs = app_client.predict(", ".join(ANIMALS), "", ["minilm"], "pca", 2, "", "", "puppy", None,
                                       api_name="/embed_words")
     scatter, heatmap, neighbours, agreement_table, shifts, gallery, notes = outputs
     assert neighbours["data"][0][:3] == ["minilm", 1, "dog"]  # puppy's nearest
@@ -226,11 +202,11 @@ def test_tab_answers_over_http(explorer_client):
     assert scatter and heatmap
 
 
-def test_tab_reports_bad_input_over_http(explorer_client):
+def test_tab_reports_bad_input_over_http(app_client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="no words given"):
-        explorer_client.predict("", "", ["minilm"], "pca", 2, "", "", "", None, api_name="/embed_words")
+        app_client.predict("", "", ["minilm"], "pca", 2, "", "", "", None, api_name="/embed_words")
 
 
 def test_every_space_is_offered():
