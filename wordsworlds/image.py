@@ -48,6 +48,7 @@ SCHEDULERS = {
 MAX_STEPS = 100
 MAX_SIDE = 1024
 MAX_PROMPT_CHARS = 2000
+PREVIEW_SHARE = 0.15  # previews may cost at most this share of the denoising time (plus the last x0)
 
 
 @dataclass
@@ -98,7 +99,7 @@ class StepFrame:
     total_steps: int
     timestep: float
     noisy: Image.Image  # the current latent x_t, seen through a cheap linear preview
-    x0: Image.Image | None  # the model's guess of the clean image at this step
+    x0: Image.Image | None  # the model's guess of the clean image (None on steps the preview budget skipped)
     elapsed_s: float
 
 
@@ -107,6 +108,7 @@ class RenderStats:
     steps: int = 0
     unet_evaluations: int = 0
     step_times_s: list[float] = field(default_factory=list)
+    preview_s: float = 0.0  # time spent making the step previews
     total_s: float = 0.0
     stopped_by: str = ""  # "done" or "cancelled"
 
@@ -239,9 +241,16 @@ class ImageGenerator:
             now = time.perf_counter()
             stats.step_times_s.append(now - last)
             stats.steps = i + 1
-            x0 = self.decode(latest["x0"]) if options.previews and "x0" in latest else None
-            emit(StepFrame(i + 1, options.steps, float(t), self.previewer.to_image(tensors["latents"][-1].cpu()), x0,
-                           now - started))
+            noisy = self.previewer.to_image(tensors["latents"][-1].cpu())
+            # A full VAE decode of x0 can cost half a step of a small model: decode it while the
+            # previews stay within their share of the time, and always at the last step.
+            last_step = i + 1 == pipeline.num_timesteps
+            within_budget = stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
+            x0 = None
+            if options.previews and "x0" in latest and (last_step or within_budget):
+                x0 = self.decode(latest["x0"])
+            stats.preview_s += time.perf_counter() - now
+            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"
