@@ -48,7 +48,8 @@ def test_step_stream_yields_one_frame_per_step_and_ends_near_the_image(engine):
     assert len(frames) == 12 and all(isinstance(f, StepFrame) for f in frames)
     assert [f.step for f in frames] == list(range(1, 13))
     assert result.stats.unet_evaluations == 24  # two per step with guidance
-    assert frames[0].x0 is not None and frames[-1].x0 is not None  # the preview budget starts full
+    assert all(f.x0 is not None and f.x0.size == (64, 64) for f in frames)
+    assert frames[0].x0_decoded and frames[-1].x0_decoded  # full decodes: first (budget unspent) and last
     assert result.stats.preview_s <= 0.15 * sum(result.stats.step_times_s) + result.stats.mean_step_s * 2
     last_x0 = np.asarray(frames[-1].x0, dtype=np.float32)
     final = np.asarray(result.image, dtype=np.float32)
@@ -123,8 +124,7 @@ def test_cli_render_writes_the_image_and_rejects_bad_input(tmp_path):
                          "--frames", str(tmp_path / "frames"), "--json"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["stats"]["steps"] == 5 and Image.open(out).size == (64, 64)
-    assert len(list((tmp_path / "frames").glob("*_noisy.png"))) == 5
-    assert (tmp_path / "frames" / "step005_x0.png").exists()  # the last x0 is always decoded
+    assert len(list((tmp_path / "frames").glob("*_x0.png"))) == 5
     for args, message in [(["--steps", "0"], "steps"), (["--scheduler", "magic"], "scheduler"),
                           (["--guidance", "nan"], "finite"), (["--height", "65"], "multiple of 8")]:
         bad = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, *args],

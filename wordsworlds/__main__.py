@@ -65,8 +65,7 @@ def cmd_render(args) -> int:
         if isinstance(item, StepFrame):
             if args.frames:
                 item.noisy.save(Path(args.frames) / f"step{item.step:03d}_noisy.png")
-                if item.x0 is not None:  # steps the preview budget skipped have no x0 image
-                    item.x0.save(Path(args.frames) / f"step{item.step:03d}_x0.png")
+                item.x0.save(Path(args.frames) / f"step{item.step:03d}_x0.png")
             continue
         item.image.save(args.out)
         for warning in item.warnings:

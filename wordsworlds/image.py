@@ -48,7 +48,7 @@ SCHEDULERS = {
 MAX_STEPS = 100
 MAX_SIDE = 1024
 MAX_PROMPT_CHARS = 2000
-PREVIEW_SHARE = 0.15  # previews may cost at most this share of the denoising time (plus the last x0)
+PREVIEW_SHARE = 0.15  # full x0 decodes may cost at most this share of the denoising time (plus the last)
 
 
 @dataclass
@@ -99,8 +99,9 @@ class StepFrame:
     total_steps: int
     timestep: float
     noisy: Image.Image  # the current latent x_t, seen through a cheap linear preview
-    x0: Image.Image | None  # the model's guess of the clean image (None on steps the preview budget skipped)
+    x0: Image.Image | None  # the model's guess of the clean image at this step (None with previews off)
     elapsed_s: float
+    x0_decoded: bool = False  # True: a full VAE decode; False: the cheap linear preview (budget spent)
 
 
 @dataclass
@@ -246,11 +247,12 @@ class ImageGenerator:
             # previews stay within their share of the time, and always at the last step.
             last_step = i + 1 == pipeline.num_timesteps
             within_budget = stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
-            x0 = None
-            if options.previews and "x0" in latest and (last_step or within_budget):
-                x0 = self.decode(latest["x0"])
+            x0, decoded = None, False
+            if options.previews and "x0" in latest:
+                decoded = last_step or within_budget
+                x0 = self.decode(latest["x0"]) if decoded else self.previewer.to_image(latest["x0"][-1].cpu(), smooth=True)
             stats.preview_s += time.perf_counter() - now
-            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started))
+            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started, decoded))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"

@@ -39,10 +39,12 @@ class LatentPreviewer:
         weights = torch.linalg.lstsq(x, y).solution
         return cls(weights.numpy(), scale)
 
-    def to_image(self, latent: torch.Tensor) -> Image.Image:
-        """One latent (C, H, W) -> an RGB picture at the image's size (blocky on purpose)."""
+    def to_image(self, latent: torch.Tensor, smooth: bool = False) -> Image.Image:
+        """One latent (C, H, W) -> an RGB picture at the image's size: blocky (a latent is a grid
+        of cells, and the noisy-latent view shows that) or smoothly upscaled."""
         array = latent.detach().float().cpu().permute(1, 2, 0).numpy()
         rgb = array @ self.weights[:-1] + self.weights[-1]
         rgb = ((np.clip(rgb, -1, 1) + 1) * 127.5).round().astype(np.uint8)
         image = Image.fromarray(rgb)
-        return image.resize((image.width * self.scale, image.height * self.scale), Image.NEAREST)
+        size = (image.width * self.scale, image.height * self.scale)
+        return image.resize(size, Image.BICUBIC if smooth else Image.NEAREST)

@@ -96,7 +96,7 @@ def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, nega
     for item in ImageGenerator.load().stream(prompt, options):
         if isinstance(item, StepFrame):
             stats.steps, stats.total_s = item.step, item.elapsed_s
-            noisy, x0 = item.noisy, (item.x0 if item.x0 is not None else x0)
+            noisy, x0 = item.noisy, item.x0
             yield noisy, x0, None, describe_render_stats(stats, options.steps, options.guidance_scale)
         else:
             for warning in item.warnings:
@@ -129,7 +129,7 @@ def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top
             records.append(token_record(item))
             shaded.append((item.text, round(item.prob, 3)))
         elif isinstance(item, StepFrame):
-            noisy, x0 = item.noisy, (item.x0 if item.x0 is not None else x0)
+            noisy, x0 = item.noisy, item.x0
             render_stats.steps, render_stats.total_s = item.step, item.elapsed_s
             world_meter = describe_render_stats(render_stats, item.total_steps, render_options.guidance_scale)
         elif isinstance(item, RenderResult):
