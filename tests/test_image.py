@@ -130,3 +130,17 @@ def test_cli_render_writes_the_image_and_rejects_bad_input(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, *args],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr
+
+
+def test_an_abandoned_stream_stops_its_worker(engine):
+    import threading
+
+    before = threading.active_count()
+    stream = engine.stream(PROMPT, steps=60)
+    next(stream)
+    stream.close()  # what Gradio does when a user presses Stop
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() <= before

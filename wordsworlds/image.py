@@ -183,15 +183,23 @@ class ImageGenerator:
         prompt = validate_prompt(prompt, MAX_PROMPT_CHARS)
         options = options or validate_render_options(**option_kwargs)
         frames: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._run, args=(prompt, options, should_stop, frames), daemon=True)
+        abandoned = threading.Event()  # set when the consumer stops listening (a cancelled request)
+
+        def stop() -> bool:
+            return abandoned.is_set() or (should_stop is not None and should_stop())
+
+        worker = threading.Thread(target=self._run, args=(prompt, options, stop, frames), daemon=True)
         worker.start()
-        while True:
-            item = frames.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, RenderResult):
-                break
+        try:
+            while True:
+                item = frames.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, RenderResult):
+                    break
+        finally:
+            abandoned.set()  # the worker ends at its next step instead of rendering for nobody
         worker.join()
 
     def render(self, prompt: str, **options) -> RenderResult:
