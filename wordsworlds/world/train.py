@@ -55,7 +55,8 @@ class TrainConfig:
     unet_lr: float = 6e-4
     warmup_steps: int = 300
     caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = 5.0  # epsilon prediction only
+    zero_terminal_snr: bool = False  # see components.build_scheduler
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_prompts: int = 100
@@ -225,7 +226,7 @@ def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
     torch.manual_seed(config.seed)
     unet = build_unet(config.model)
     text_encoder = build_text_encoder(config.model, len(tokenizer), tokenizer.eos_token_id)
-    noise_scheduler = build_scheduler()
+    noise_scheduler = build_scheduler(config.zero_terminal_snr)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     lr = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.unet_steps)
@@ -250,9 +251,13 @@ def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, t)
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-        weight = snr.clamp(max=config.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
-        loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            # Uniform weights: Min-SNR's would be 0 at the zero-SNR step, where the layout is decided.
+            loss = F.mse_loss(prediction, noise_scheduler.get_velocity(clean, noise, t))
+        else:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            weight = snr.clamp(max=config.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+            loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
