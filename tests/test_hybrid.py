@@ -73,8 +73,10 @@ def test_the_tab_answers_through_gradio_client(app_client):
     gallery, trace, choices, chart = app_client.predict(DIRECT, 1, True, False, 10, 5.0, 0, api_name="/run_pipeline")
     assert len(gallery) == 1 and "Round 1" in trace
     assert choices["data"] and choices["data"][0][0] == "size"
-    with pytest.raises(Exception, match="rounds"):
+    with pytest.raises(Exception, match="9 is greater than maximum"):  # the slider's own bound check
         app_client.predict(DIRECT, 9, True, True, 10, 5.0, 0, api_name="/run_pipeline")
+    with pytest.raises(Exception, match="empty"):
+        app_client.predict("  ", 1, True, True, 10, 5.0, 0, api_name="/run_pipeline")
 
 
 def test_cli_hybrid_json_and_bad_input():
