@@ -2,7 +2,7 @@
 
 Decoding every step's latent through the VAE would cost as much as the step itself for the
 miniature model, so the noisy latent is shown through a 4->3 linear map fitted once, by
-least squares, to what the VAE's decoder makes of random latents (the "latent2rgb" trick
+least squares, to how the VAE encodes patches of colour (the "latent2rgb" trick
 that many diffusion UIs use, here fitted per model instead of hard-coded for SD 1.5).
 
     >>> previewer = LatentPreviewer.fit(pipe.vae)              # doctest: +SKIP
@@ -26,15 +26,17 @@ class LatentPreviewer:
 
     @classmethod
     @torch.inference_mode()
-    def fit(cls, vae, samples: int = 8, side: int = 8, seed: int = 0) -> "LatentPreviewer":
+    def fit(cls, vae, samples: int = 16, side: int = 8, seed: int = 0) -> "LatentPreviewer":
+        """Fit on patchwork images of random colours (one colour per latent cell), encoded by
+        the VAE: any model can encode them, and they span the colours a picture can have."""
         channels = vae.config.latent_channels
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
         generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(samples, channels, side, side, generator=generator).to(vae.device, vae.dtype)
-        images = vae.decode(latents / vae.config.scaling_factor).sample.float().cpu()
-        scale = images.shape[-1] // side
-        pooled = F.avg_pool2d(images, scale)  # one RGB value per latent cell
+        cells = torch.rand(samples, 3, side, side, generator=generator) * 2 - 1
+        images = F.interpolate(cells, scale_factor=scale, mode="nearest")
+        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
         x = latents.float().cpu().permute(0, 2, 3, 1).reshape(-1, channels)
-        y = pooled.permute(0, 2, 3, 1).reshape(-1, 3)
+        y = cells.permute(0, 2, 3, 1).reshape(-1, 3)
         x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
         weights = torch.linalg.lstsq(x, y).solution
         return cls(weights.numpy(), scale)

@@ -10,6 +10,8 @@ TITLE = "From Words to Worlds"
 CSS = """
 .ww-header {text-align: center}
 footer {display: none !important}
+/* The miniature model paints 64x64: show it large enough for a phone, with crisp pixels. */
+.ww-pixels img {image-rendering: pixelated; width: 100% !important; height: 100% !important; object-fit: contain}
 """
 
 

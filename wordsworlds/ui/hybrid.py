@@ -30,7 +30,7 @@ def plan_table(plan) -> list[list]:
 
 def round_markdown(round_) -> str:
     verdict = round_.check
-    marks = " · ".join(f"{'✅' if ok else '❌'} {name}" for name, ok in verdict.checks.items()) or "nothing to check"
+    marks = " · ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in verdict.checks.items()) or "nothing to check"
     findings = "".join(f"\n  - {f}" for f in verdict.findings)
     return (
         f"**Round {round_.index}** ({round_.seconds:.1f} s): {round_.action}\n\n"
@@ -80,7 +80,7 @@ def build() -> None:
         seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Rounds", columns=5, height=220, object_fit="contain")
+            gallery = gr.Gallery(label="Rounds", columns=5, height=220, object_fit="contain", elem_classes="ww-pixels")
             trace = gr.Markdown()
         with gr.Column(scale=1):
             chart = gr.Plot(label="Score per round")

@@ -50,10 +50,11 @@ def build(prompt: gr.Textbox) -> None:
                     "to guess the clean image back. Move *t* and watch both.")
         with gr.Row():
             source = gr.Image(label="Image (a render, an example, or an upload)", type="pil", height=200,
-                              value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None)
-            noisy = gr.Image(label="Noised to t (forward)", type="pil", height=200, buttons=[])
+                              value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, elem_classes="ww-pixels")
+            noisy = gr.Image(label="Noised to t (forward)", type="pil", height=200, buttons=[],
+                             elem_classes="ww-pixels")
             denoised = gr.Image(label="The model's guess from it (reverse, one step)", type="pil", height=200,
-                                buttons=[])
+                                buttons=[], elem_classes="ww-pixels")
         with gr.Row():
             timestep = gr.Slider(0, 999, value=500, step=1, label="Timestep t")
             seed = gr.Number(value=0, precision=0, label="Noise seed")

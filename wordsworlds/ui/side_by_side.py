@@ -96,7 +96,8 @@ def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, nega
     for item in ImageGenerator.load().stream(prompt, options):
         if isinstance(item, StepFrame):
             stats.steps, stats.total_s = item.step, item.elapsed_s
-            noisy, x0 = item.noisy, item.x0
+            # Between full decodes (see image.PREVIEW_SHARE) the x0 view keeps its last decoded picture.
+            noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
             yield noisy, x0, None, describe_render_stats(stats, options.steps, options.guidance_scale)
         else:
             for warning in item.warnings:
@@ -129,7 +130,7 @@ def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top
             records.append(token_record(item))
             shaded.append((item.text, round(item.prob, 3)))
         elif isinstance(item, StepFrame):
-            noisy, x0 = item.noisy, item.x0
+            noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
             render_stats.steps, render_stats.total_s = item.step, item.elapsed_s
             world_meter = describe_render_stats(render_stats, item.total_steps, render_options.guidance_scale)
         elif isinstance(item, RenderResult):
@@ -172,9 +173,10 @@ def build() -> None:
         with gr.Column():
             gr.Markdown("### Worlds: denoising")
             with gr.Row():
-                noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[])
-                x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[])
-                final = gr.Image(label="Final image", type="pil", height=200)
+                noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[], elem_classes="ww-pixels")
+                x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[],
+                              elem_classes="ww-pixels")
+                final = gr.Image(label="Final image", type="pil", height=200, elem_classes="ww-pixels")
             image_meter = gr.Markdown()
     with gr.Row():
         with gr.Accordion("Decoding (words)", open=False):
