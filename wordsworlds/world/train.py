@@ -51,12 +51,12 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     latent_scenes: int = 60000
-    unet_steps: int = 10000
+    unet_steps: int = 5000
     unet_lr: float = 6e-4
     warmup_steps: int = 300
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0  # epsilon prediction only
-    zero_terminal_snr: bool = False  # see components.build_scheduler
+    zero_terminal_snr: bool = True  # see components.build_scheduler
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_prompts: int = 100
