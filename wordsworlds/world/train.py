@@ -1,6 +1,6 @@
 """Train the miniature Stable Diffusion and the recognizer on the shapes world, from one command.
 
-    python -m wordsworlds train                 # the shipped run (~75 min on a 2-core CPU)
+    python -m wordsworlds train                 # the shipped run (about 70 min on a 2-core CPU)
     python -m wordsworlds train --toy --out /tmp/mini   # a smoke run of a few steps
 
 Stages, each resumable from its checkpoint in `--run-dir`:
@@ -8,9 +8,11 @@ Stages, each resumable from its checkpoint in `--run-dir`:
 2. vae            - a KL autoencoder, 64x64x3 <-> 8x8x4 latents (1/8, as in SD);
 3. latents        - the training set encoded once, so the U-Net stage never runs the encoder;
 4. recognizer_vae - the recognizer fine-tuned on drawings and their VAE round-trips;
-5. unet           - U-Net and text encoder together, epsilon prediction with Min-SNR-5 loss
-                   weights (Hang et al., 2023), 10% empty captions for classifier-free guidance
-                   (Ho & Salimans, 2022), EMA weights, cosine learning rate with warm-up.
+5. unet           - U-Net and text encoder together: v-prediction on a zero-terminal-SNR schedule
+                   (Lin et al., 2023; `zero_terminal_snr=False` gives SD 1.5's schedule with
+                   epsilon prediction and Min-SNR-5 weights, Hang et al., 2023), 10% empty
+                   captions for classifier-free guidance (Ho & Salimans, 2022), EMA weights,
+                   cosine learning rate with warm-up.
 Everything is seeded: batch i of a stage is drawn from a generator seeded by (seed, stage, i),
 so a resumed run sees the same batches as an uninterrupted one.
 """
