@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ import numpy as np
 import torch
 
 from .models import load_causal_lm
-from .presets import get_preset
+from .presets import ROLE_ENV_VARS, get_preset
 from .text import InputError
 
-DIFFUSION_ENV = "WORDSWORLDS_DIFFUSION"  # overrides the preset's diffusion folder or Hub id
+DIFFUSION_ENV = ROLE_ENV_VARS["diffusion"]  # presets.get_preset applies it; named here for messages
 IMAGE_STEPS = 8
 IMAGE_GUIDANCE = 5.0  # as `python -m wordsworlds evaluate`
 IMAGE_SEED = 0  # one seed for every word: the starting noise is shared, so only the word differs
@@ -77,7 +76,7 @@ class Sources:
     @classmethod
     def resolve(cls, preset: str | None = None, diffusion: str | None = None, llm_layer: int | None = None) -> "Sources":
         chosen = get_preset(preset)
-        diffusion = diffusion or os.environ.get(DIFFUSION_ENV) or chosen.diffusion
+        diffusion = diffusion or chosen.diffusion  # get_preset already applied $WORDSWORLDS_DIFFUSION
         return cls(chosen.meaning_encoder, chosen.llm, diffusion, llm_layer)
 
     def key(self, space: str) -> tuple:
