@@ -1,6 +1,9 @@
 """The hybrid loop: the LLM plans, diffusion renders, the describer reads back, the checker
 scores, and on a miss the next round changes what failed, for at most N rounds.
 
+In the shapes world a plan is also a layout: a refining round keeps the objects that came
+out right and redraws only the ones that failed, each in its own region (layout.py).
+
     >>> from wordsworlds.hybrid import run_hybrid
     >>> for round_ in run_hybrid("a sunset over the sea", rounds=3):    # doctest: +SKIP
     ...     print(round_.index, round_.prompt, round_.check.score)
@@ -18,6 +21,7 @@ from PIL import Image
 
 from .describe import describe
 from .image import ImageGenerator
+from .layout import render_layout, repaint_mask
 from .planner import Plan, PromptPlan, ScenePlanner, expand_idea, validate_idea
 from .presets import get_preset
 from .text import InputError, _number
@@ -28,7 +32,7 @@ MAX_ROUNDS = 5
 MAX_TOTAL_SECONDS = 180.0
 STEPS_RANGE = (1, 50)
 GUIDANCE_RANGE = (1.0, 12.0)
-GUIDANCE_BOOST = 2.0
+DEFAULT_GUIDANCE = 5.0
 
 
 @dataclass
@@ -37,7 +41,7 @@ class HybridOptions:
     plan: bool = True
     refine: bool = True
     steps: int = 20
-    guidance_scale: float = 5.0
+    guidance_scale: float = DEFAULT_GUIDANCE
     seed: int = 0
     max_seconds: float = MAX_TOTAL_SECONDS
 
@@ -46,7 +50,7 @@ def clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
-def validate_hybrid_options(rounds=3, plan=True, refine=True, steps=20, guidance_scale=5.0, seed=0,
+def validate_hybrid_options(rounds=3, plan=True, refine=True, steps=20, guidance_scale=DEFAULT_GUIDANCE, seed=0,
                             max_seconds=MAX_TOTAL_SECONDS) -> HybridOptions:
     """Rounds outside 1..5 are an error; steps and guidance are clamped to the UI's limits."""
     rounds = _number("rounds", rounds, int)
@@ -120,13 +124,19 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
     elif options.plan:
         plan = expand_idea(idea, engine.pipe.tokenizer)
     seed, guidance = options.seed, options.guidance_scale
+    layout = shapes_world and plan is not None  # a shapes-world plan is a layout the refine can use
     action = "plan, then render" if plan else "render the request as written"
+    keep = None  # (latents, mask): what a refining round keeps from the round before
     started = time.perf_counter()
     for index in range(1, options.rounds + 1):
         round_started = time.perf_counter()
         prompt = plan.caption if plan else idea
         target = requested or (plan.scene if plan else None)
-        result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
+        if layout:  # the first round renders the caption as a whole; a redraw goes region by region
+            result = render_layout(engine.pipe, plan.scene, options.steps, guidance, seed, keep=keep,
+                                   regional=keep is not None)
+        else:
+            result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
         seen, description = describe(result.image)
         if not shapes_world:
             verdict = semantic_check(prompt, description)
@@ -140,12 +150,24 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
             return
         if time.perf_counter() - started > options.max_seconds:
             return
-        # What changes next: first the noise and the guidance; then, for an everyday idea, the plan.
+        # What changes next: the noise, and what is redrawn; for an everyday idea whose plan
+        # keeps failing, the plan itself.
         seed = (seed + 7919) % 2**32
+        findings = "; ".join(verdict.findings[:2])
         if shapes_world and plan is not None and requested is None and index >= 2:
             plan = planner.plan(idea, feedback="; ".join(verdict.findings[:3]), avoid=plan.scene,
                                 temperature=0.8, seed=seed)
-            action = "the LLM rewrote the plan given the checker's findings: " + "; ".join(verdict.findings[:2])
+            keep = None
+            action = "the LLM rewrote the plan given the checker's findings: " + findings
+        elif layout:
+            mask = repaint_mask(result.masks, plan.scene, seen)
+            if mask.min() < 1:
+                keep = (result.latents, mask)
+                kept = [o for o in plan.scene.objects if seen is not None and o in seen.objects]
+                action = (f"kept {len(kept)} of {len(plan.scene.objects)} objects; redrew the rest, each in its "
+                          f"own region, from new noise, after: " + findings)
+            else:  # every planned object was read, yet the check missed: nothing to single out
+                keep = None
+                action = "redrew everything from new noise after: " + findings
         else:
-            guidance = clamp(guidance + GUIDANCE_BOOST, *GUIDANCE_RANGE)
-            action = f"new seed, guidance raised to {guidance:g} after: " + "; ".join(verdict.findings[:2])
+            action = "new seed after: " + findings

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 
-from .hybrid import HybridOptions, run_hybrid
+from .hybrid import DEFAULT_GUIDANCE, HybridOptions, run_hybrid
 from .image import ImageGenerator
 from .planner import ScenePlanner
 from .world.scene import caption, parse_caption, random_scene
@@ -34,7 +34,7 @@ def hybrid_requests(direct: int = 70, seed: int = 4321) -> list[tuple[str, str]]
     return [("everyday", idea) for idea in EVERYDAY_IDEAS] + [("direct", text) for text in scenes]
 
 
-def evaluate_hybrid(steps: int = 20, guidance: float = 5.0, rounds: int = 3, direct: int = 70) -> dict:
+def evaluate_hybrid(steps: int = 20, guidance: float = DEFAULT_GUIDANCE, rounds: int = 3, direct: int = 70) -> dict:
     engine, planner = ImageGenerator.load(), ScenePlanner.load()
     rows = {"everyday": [], "direct": []}
     valid_plans = total_plans = 0

@@ -30,6 +30,10 @@ from .world.scene import (
 MAX_IDEA_CHARS = 500
 AVOID_PENALTY = math.log(0.05)
 FOLLOW_BONUS = math.log(100.0)
+# Counting is what a 135M model copies worst: with a bonus of 100 it still ended 4 of 70
+# three-object descriptions after two objects (hybrid_eval's set), so "and a" / "." follow
+# the description far more strongly than the attributes do.
+COUNT_BONUS = math.log(1e4)
 MENTION_BONUS = math.log(5.0)
 
 FEW_SHOT = """Draw each request as simple shapes. Shapes: circle, square, triangle. Colours: red, green, blue, yellow, purple, orange. Sizes: small, large. Places: on the left, on the right, at the top, at the bottom, in the center.
@@ -104,7 +108,7 @@ class Grounding:
             objects = self.objects
             if slot == "next":
                 wanted = "and" if index < len(objects) else "."
-                return FOLLOW_BONUS if value == wanted else 0.0
+                return COUNT_BONUS if value == wanted else 0.0
             if index < len(objects):
                 return FOLLOW_BONUS if getattr(objects[index], slot) == value else 0.0
             return 0.0

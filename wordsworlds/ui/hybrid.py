@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..charts import score_figure
-from ..hybrid import MAX_ROUNDS, run_hybrid, validate_hybrid_options
+from ..hybrid import DEFAULT_GUIDANCE, MAX_ROUNDS, run_hybrid, validate_hybrid_options
 from ..planner import validate_idea
 from ..gpu import on_gpu
 from .common import user_errors
@@ -42,7 +42,7 @@ def round_markdown(round_) -> str:
 
 @on_gpu(duration=120)
 def run_pipeline(idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
-                 guidance_scale: float = 5.0, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
+                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
     """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""
     with user_errors():
         idea = validate_idea(idea)
@@ -76,7 +76,7 @@ def build() -> None:
         use_refine = gr.Checkbox(value=True, label="Refine on a miss")
         rounds = gr.Slider(1, MAX_ROUNDS, value=3, step=1, label="Max rounds")
         steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
-        guidance = gr.Slider(1, 12, value=5, step=0.5, label="Guidance")
+        guidance = gr.Slider(1, 12, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
         seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):

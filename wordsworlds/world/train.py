@@ -12,7 +12,8 @@ Stages, each resumable from its checkpoint in `--run-dir`:
                    (Lin et al., 2023; `zero_terminal_snr=False` gives SD 1.5's schedule with
                    epsilon prediction and Min-SNR-5 weights, Hang et al., 2023), 10% empty
                    captions for classifier-free guidance (Ho & Salimans, 2022), EMA weights,
-                   cosine learning rate with warm-up.
+                   cosine learning rate with warm-up, and an auxiliary loss that makes the
+                   text encoder's end-of-text states spell out the scene (SceneProbe).
 Everything is seeded: batch i of a stage is drawn from a generator seeded by (seed, stage, i),
 so a resumed run sees the same batches as an uninterrupted one.
 """
@@ -36,8 +37,8 @@ from tqdm.auto import tqdm
 
 from .components import ModelConfig, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
 from .draw import draw_scene
-from .recognizer import Recognizer, RecognizerNet, scene_to_labels
-from .scene import caption, random_scene
+from .recognizer import NUM_CLASSES, Recognizer, RecognizerNet, scene_to_labels
+from .scene import POSITIONS, caption, random_scene
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -53,12 +54,15 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     latent_scenes: int = 60000
-    unet_steps: int = 5000
+    unet_steps: int = 6000
     unet_lr: float = 6e-4
     warmup_steps: int = 300
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0  # epsilon prediction only
     zero_terminal_snr: bool = True  # see components.build_scheduler
+    # Weight of the text encoder's auxiliary task: read the whole scene (what sits at each of
+    # the five places) back out of the caption's end-of-text states. See SceneProbe.
+    scene_loss_weight: float = 0.1
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     eval_prompts: int = 100
@@ -224,19 +228,46 @@ def encode_training_set(config: TrainConfig, vae, run_dir: Path):
     return latents, scenes
 
 
+class SceneProbe(torch.nn.Module):
+    """A linear read-out of the scene from the text encoder's end-of-text states (training only).
+
+    Colour binding is where the miniature model fails most: the U-Net learns from the
+    diffusion loss alone that "red" belongs "on the left" and not to the other object. The
+    end-of-text and padding states have seen the whole caption (CLIP's attention is causal)
+    and every U-Net cross-attention reads them, so asking each of them to say, linearly,
+    which object stands at each of the five places puts the binding into the conditioning
+    itself. The probe is not part of the pipeline: the saved text encoder is a plain CLIPTextModel.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.read = torch.nn.Linear(hidden, len(POSITIONS) * NUM_CLASSES)
+
+    def loss(self, states: torch.Tensor, ids: torch.Tensor, eos_id: int, scene_labels: torch.Tensor,
+             has_scene: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of every end-of-text/padding state of every captioned row."""
+        mask = (ids == eos_id) & has_scene[:, None]
+        if not mask.any():
+            return states.sum() * 0.0
+        logits = self.read(states[mask]).view(-1, len(POSITIONS), NUM_CLASSES)
+        labels = scene_labels[:, None, :].expand(-1, ids.shape[1], -1)[mask]
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
 def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
     torch.manual_seed(config.seed)
     unet = build_unet(config.model)
     text_encoder = build_text_encoder(config.model, len(tokenizer), tokenizer.eos_token_id)
+    probe = SceneProbe(config.model.text_hidden)
     noise_scheduler = build_scheduler(config.zero_terminal_snr)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + list(text_encoder.parameters()) + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     lr = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.unet_steps)
     ema_unet = EMAModel(unet.parameters(), decay=config.ema_decay)
     ema_text = EMAModel(text_encoder.parameters(), decay=config.ema_decay)
     stage = Stage(
         "unet", run_dir,
-        {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text},
+        {"unet": unet, "text_encoder": text_encoder, "probe": probe, "ema_unet": ema_unet, "ema_text": ema_text},
         optimizer, lr,
     )
     alphas_cumprod = noise_scheduler.alphas_cumprod
@@ -252,7 +283,8 @@ def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
         noise = torch.randn(clean.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, t)
-        prediction = unet(noisy, t, text_encoder(ids)[0]).sample
+        states = text_encoder(ids)[0]
+        prediction = unet(noisy, t, states).sample
         if noise_scheduler.config.prediction_type == "v_prediction":
             # Uniform weights: Min-SNR's would be 0 at the zero-SNR step, where the layout is decided.
             loss = F.mse_loss(prediction, noise_scheduler.get_velocity(clean, noise, t))
@@ -260,7 +292,17 @@ def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
             snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
             weight = snr.clamp(max=config.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
             loss = (weight * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        loss.backward()
+        if config.scene_loss_weight:
+            labels = torch.tensor([scene_to_labels(scenes[i]) for i in index])
+            has_scene = torch.tensor([bool(c) for c in captions])
+            scene_loss = probe.loss(states, ids, tokenizer.eos_token_id, labels, has_scene)
+            loss_total = loss + config.scene_loss_weight * scene_loss
+            if step % 25 == 0:
+                with stage.log.open("a") as f:
+                    f.write(f"scene_probe,{step},{scene_loss.item():.6f}\n")
+        else:
+            loss_total = loss
+        loss_total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
