@@ -63,7 +63,8 @@ def build() -> None:
         "The language model **plans** (it may only write what the miniature world can draw: every word is "
         "chosen among the options the grammar allows, and you see its probability for each), the diffusion "
         "model **renders**, a recognizer **reads the picture back**, a checker **scores** it, and on a miss "
-        "the next round changes what failed. Switch planning and refining off to compare."
+        "the next round keeps the objects that came out right and redraws only the ones that failed, each in "
+        "its own region of the plan's layout. Switch planning and refining off to compare."
     )
     with gr.Row():
         idea = gr.Textbox(label="Request", value=EXAMPLE_IDEAS[0], lines=1, max_lines=3, scale=4)
