@@ -8,7 +8,8 @@ LLM's layout to steer generation region by region; here that is done the MultiDi
 caption once and each object's own phrase once ("a large red circle on the left"); each
 guided prediction is kept inside its object's region, the whole-caption one everywhere
 else, and the scheduler steps on the blend. Every region asks for one object only, so
-there is nothing to bind.
+there is nothing to bind. The hybrid loop uses it to redraw only the objects that failed,
+keeping the rest of the previous round's latents (`keep`, `repaint_mask`).
 
     >>> from wordsworlds.layout import render_layout
     >>> image = render_layout(engine.pipe, scene, steps=20, seed=0).image     # doctest: +SKIP
@@ -62,30 +63,26 @@ class LayoutResult:
 
 @torch.inference_mode()
 def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5.0, seed: int = 0,
-                  keep: tuple[torch.Tensor, torch.Tensor] | None = None, phrases: list[str] | None = None,
-                  object_guidance: list[float] | None = None, regional: bool = True) -> LayoutResult:
+                  keep: tuple[torch.Tensor, torch.Tensor] | None = None, regional: bool = True) -> LayoutResult:
     """Render `scene` with each object's phrase confined to its region (see the module docstring).
 
     `keep=(latents, mask)` repaints only where `mask` is 0: where it is 1, every step's
     latents are replaced by the kept latents noised to that step's level (the way diffusers'
     inpainting pipeline treats a plain U-Net), so what came out right stays and the rest is
-    drawn again around it. `phrases` and `object_guidance` replace each object's own phrase
-    and guidance scale (a refining round words a failed object differently, or guides it harder).
-    `regional=False` gives the whole caption every cell (a plain render), keeping only `keep`.
+    drawn again around it. `regional=False` gives the whole caption every cell (a plain
+    render, as the pipeline's), keeping only `keep`.
     """
     started = time.perf_counter()
     stats = RenderStats()
     scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     whole = " and ".join(o.phrase() for o in scene.objects)
-    prompts = [whole] + (list(phrases or [o.phrase() for o in scene.objects]) if regional else [])
+    prompts = [whole] + ([o.phrase() for o in scene.objects] if regional else [])
     cond, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
     embeddings = torch.cat([uncond[:1], cond])  # one unconditional row serves every prompt
     size = pipe.unet.config.sample_size
     masks = region_masks(scene, size).to(pipe.device, cond.dtype)
     blend = masks if regional else torch.ones_like(masks[:1])
-    scales = [guidance_scale] + (list(object_guidance or [guidance_scale] * len(scene.objects)) if regional else [])
-    scales = torch.tensor(scales, dtype=cond.dtype, device=pipe.device)[:, None, None, None]
     generator = torch.Generator().manual_seed(seed)
     shape = (1, pipe.unet.config.in_channels, size, size)
     latents = torch.randn(shape, generator=generator, dtype=cond.dtype).to(pipe.device) * scheduler.init_noise_sigma
@@ -98,7 +95,7 @@ def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5
         output = pipe.unet(model_input, t, embeddings).sample
         stats.unet_evaluations += len(embeddings)
         unconditional, conditional = output[:1], output[1:]
-        guided = unconditional + scales * (conditional - unconditional)
+        guided = unconditional + guidance_scale * (conditional - unconditional)
         blended = (blend * guided).sum(dim=0, keepdim=True)
         latents = scheduler.step(blended, t, latents).prev_sample
         if keep is not None:
