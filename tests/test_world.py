@@ -103,3 +103,23 @@ def test_training_smoke_run_saves_a_loadable_folder(tmp_path):
     log_lines = (tmp_path / "run" / "loss.csv").read_text().count("\n")
     train(TrainConfig.toy(), out=tmp_path / "weights", run_dir=tmp_path / "run")
     assert (tmp_path / "run" / "loss.csv").read_text().count("\n") == log_lines
+
+
+def test_the_scene_probe_reads_only_end_of_text_states_of_captioned_rows():
+    import torch
+
+    from wordsworlds.world.recognizer import scene_to_labels
+    from wordsworlds.world.scene import parse_caption
+    from wordsworlds.world.train import SceneProbe
+
+    torch.manual_seed(0)
+    probe, eos = SceneProbe(hidden=16), 9
+    ids = torch.tensor([[0, 5, 6, eos, eos], [0, eos, eos, eos, eos]])  # a caption, then an empty one
+    states = torch.randn(2, 5, 16, requires_grad=True)
+    labels = torch.tensor([scene_to_labels(parse_caption("a large red circle on the left"))] * 2)
+    loss = probe.loss(states, ids, eos, labels, has_scene=torch.tensor([True, False]))
+    loss.backward()
+    touched = states.grad.abs().sum(-1) > 0
+    assert touched.tolist() == [[False, False, False, True, True], [False] * 5]
+    # No captioned row at all (a batch of dropped captions): no loss, and no error.
+    assert probe.loss(states, ids, eos, labels, has_scene=torch.tensor([False, False])).item() == 0.0
