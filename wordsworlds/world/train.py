@@ -1,6 +1,6 @@
 """Train the miniature Stable Diffusion and the recognizer on the shapes world, from one command.
 
-    python -m wordsworlds train                 # the shipped run (about 81 min on one core of a 2-core CPU)
+    python -m wordsworlds train                 # the shipped run (77 min from scratch on one core of a 2-core CPU)
     python -m wordsworlds train --toy --out /tmp/mini   # a smoke run of a few steps
 
 Stages, each resumable from its checkpoint in `--run-dir`:
