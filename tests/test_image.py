@@ -35,16 +35,11 @@ def test_seeded_render_is_reproducible(engine):
     assert a.tobytes() != c.tobytes()
 
 
-def test_a_seeded_render_is_read_back_as_the_object_asked_for(engine):
+def test_a_seeded_render_is_read_back_as_the_scene_asked_for(engine):
     from wordsworlds.describe import describe
-    from wordsworlds.world.checker import check
 
     scene, _ = describe(engine.render(PROMPT, steps=20, seed=0).image)
-    result = check(parse_caption(PROMPT), scene)
-    # Shape, colour and size come from the words. Position does not yet: the shipped model puts
-    # an object where the starting noise suggests (the weakness SD 1.5 shows on GenEval), so
-    # position is measured by `python -m wordsworlds evaluate`, not asserted here.
-    assert all(result.checks[c] for c in ("single object", "colour", "shape", "size", "counting")), result.findings
+    assert scene == parse_caption(PROMPT)  # shape, colour, size and position, all from the words
 
 
 def test_step_stream_yields_one_frame_per_step_and_ends_near_the_image(engine):

@@ -133,8 +133,8 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
         prompt = plan.caption if plan else idea
         target = requested or (plan.scene if plan else None)
         # The first round renders the caption as a whole: on hybrid_eval's 70 descriptions that
-        # passed 0.957, region by region 0.81 (a phrase alone loses its context). A redraw goes
-        # region by region, around what is kept.
+        # passed 0.957 (guidance 5), region by region at best 0.81 (guidance 2; a phrase alone
+        # loses its context). A redraw goes region by region, around what is kept.
         if layout:
             result = render_layout(engine.pipe, plan.scene, options.steps, guidance, seed, keep=keep,
                                    regional=keep is not None)

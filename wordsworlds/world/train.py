@@ -119,9 +119,10 @@ class Stage:
         torch.save(state, self.path.with_suffix(".tmp"))
         self.path.with_suffix(".tmp").replace(self.path)  # never leave a half-written checkpoint
 
-    def record(self, step: int, loss: float) -> None:
+    def record(self, step: int, loss: float, name: str | None = None) -> None:
+        """One loss-log line; `name` labels a second loss of the same stage (e.g. "scene_probe")."""
         with self.log.open("a") as f:
-            f.write(f"{self.name},{step},{loss:.6f}\n")
+            f.write(f"{name or self.name},{step},{loss:.6f}\n")
 
 
 def run_loop(stage: Stage, total: int, every: int, step_fn) -> float:
@@ -298,8 +299,7 @@ def train_unet(config: TrainConfig, run_dir: Path, tokenizer, latents, scenes):
             scene_loss = probe.loss(states, ids, tokenizer.eos_token_id, labels, has_scene)
             loss_total = loss + config.scene_loss_weight * scene_loss
             if step % 25 == 0:
-                with stage.log.open("a") as f:
-                    f.write(f"scene_probe,{step},{scene_loss.item():.6f}\n")
+                stage.record(step, scene_loss.item(), name="scene_probe")
         else:
             loss_total = loss
         loss_total.backward()
