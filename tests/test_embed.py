@@ -1,35 +1,24 @@
-"""The embedding explorer: real MiniLM and LLM spaces, projections, bad input, CLI, and the tab over HTTP.
-
-Appearance spaces use the shipped diffusion weights (or $WORDSWORLDS_DIFFUSION) and are
-skipped, with the reason, while those weights are not there.
-"""
+"""The embedding explorer: real MiniLM, LLM and shipped diffusion spaces, projections, bad input,
+CLI, and the tab over HTTP."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-from pathlib import Path
+import threading
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from wordsworlds import embed as embed_module  # noqa: E402
-from wordsworlds import embed_spaces  # noqa: E402
-from wordsworlds.embed import MAX_WORD_CHARS, MAX_WORDS, add_cli, explore, parse_words, word_sets  # noqa: E402
-from wordsworlds.embed_spaces import SPACES, Sources, embed, tokenize  # noqa: E402
-from wordsworlds.projection import agreement, cosine_matrix, project, rank_shifts  # noqa: E402
-from wordsworlds.text import InputError  # noqa: E402
+from conftest import TINY, run_cli
+from wordsworlds.errors import InputError
+from wordsworlds.explore import explorer as explorer_module
+from wordsworlds.explore import spaces as spaces_module
+from wordsworlds.explore.explorer import MAX_WORD_CHARS, MAX_WORDS, explore, parse_words, word_sets
+from wordsworlds.explore.projection import agreement, cosine_matrix, project, rank_shifts
+from wordsworlds.explore.spaces import Sources, embed, tokenize
 
 ANIMALS = ["dog", "puppy", "banana", "car"]
-DIFFUSION = Sources.resolve().diffusion
-needs_diffusion = pytest.mark.skipif(
-    Path(DIFFUSION).is_absolute() and not (Path(DIFFUSION) / "model_index.json").exists(),
-    reason=f"no diffusion weights at {DIFFUSION} yet (python -m wordsworlds train, or set $WORDSWORLDS_DIFFUSION)",
-)
+SOURCES = Sources(TINY)
 
 
 def cos(vectors, i, j):
@@ -40,41 +29,63 @@ def cos(vectors, i, j):
 
 
 def test_minilm_puts_dog_near_puppy_and_far_from_banana():
-    vectors = embed(ANIMALS, "minilm")
+    vectors = embed(ANIMALS, "minilm", sources=SOURCES)
     assert cos(vectors, 0, 1) > cos(vectors, 0, 2)
-    result = explore(ANIMALS, spaces=["minilm"])
+    result = explore(TINY, ANIMALS, spaces=["minilm"])
     assert result.neighbours("puppy", k=1)[0]["neighbour"] == "dog"
 
 
 def test_pca_coordinates_are_deterministic():
-    first = explore(ANIMALS, spaces=["minilm"], projection="pca").coords["minilm"]
-    again = project(embed(ANIMALS, "minilm"), "pca", 2)[0]
+    first = explore(TINY, ANIMALS, spaces=["minilm"], projection="pca").coords["minilm"]
+    again = project(embed(ANIMALS, "minilm", sources=SOURCES), "pca", 2)[0]
     np.testing.assert_array_equal(first, again)
     assert first.shape == (4, 2)
 
 
 @pytest.mark.parametrize("space", ["minilm", "llm_hidden", "llm_tokens"])
 def test_meaning_spaces_give_one_vector_per_input(space):
-    vectors = embed(["dog", "a red circle", "xylophonequux"], space, template="a photo of a {}")
+    vectors = embed(["dog", "a red circle", "xylophonequux"], space, template="a photo of a {}", sources=SOURCES)
     assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
     assert np.linalg.norm(vectors[0] - vectors[1]) > 0
 
 
-@needs_diffusion
 @pytest.mark.parametrize("space", ["clip_text", "image_latents"])
 def test_appearance_spaces_give_one_vector_per_input(space):
-    vectors = embed(["red circle", "blue square", "dog"], space)
+    vectors = embed(["red circle", "blue square", "dog"], space, sources=SOURCES)
     assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
 
 
+def test_concurrent_image_latents_do_not_share_a_scheduler():
+    """Two explorer requests at once each render with their own scheduler (they broke each other
+    when both stepped the shared pipeline's), and each gets what it gets alone."""
+    words = [["red circle", "green square"], ["blue triangle", "yellow circle", "purple square"]]
+    alone = [spaces_module._image_latents(w, "", SOURCES) for w in words]
+    results, errors = [None, None], []
+
+    def run(i):
+        try:
+            results[i] = spaces_module._image_latents(words[i], "", SOURCES)
+        except Exception as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for a, b in zip(alone, results):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_cache_returns_the_same_vectors_without_recomputing(monkeypatch):
-    first = embed(ANIMALS, "minilm")
-    monkeypatch.setitem(embed_spaces._EMBEDDERS, "minilm", lambda *a: pytest.fail("recomputed"))
-    np.testing.assert_array_equal(embed(ANIMALS, "minilm"), first)
+    first = embed(ANIMALS, "minilm", sources=SOURCES)
+    monkeypatch.setitem(spaces_module._EMBEDDERS, "minilm", lambda *a: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(embed(ANIMALS, "minilm", sources=SOURCES), first)
 
 
 def test_anchor_axes_put_the_anchors_at_0_and_1():
-    result = explore("small, large, tiny, huge, dog", spaces=["minilm"], projection="anchors",
+    result = explore(TINY, "small, large, tiny, huge, dog", spaces=["minilm"], projection="anchors",
                      anchor_from="small", anchor_to="large")
     x = result.coords["minilm"][:, 0]
     assert x[0] == pytest.approx(0, abs=1e-6) and x[1] == pytest.approx(1, abs=1e-6)
@@ -82,13 +93,13 @@ def test_anchor_axes_put_the_anchors_at_0_and_1():
 
 
 def test_too_few_points_for_tsne_fall_back_to_pca_with_a_notice():
-    result = explore(ANIMALS, spaces=["minilm"], projection="tsne")
+    result = explore(TINY, ANIMALS, spaces=["minilm"], projection="tsne")
     assert any("t-SNE needs at least 5" in n for n in result.notices)
-    np.testing.assert_array_equal(result.coords["minilm"], project(embed(ANIMALS, "minilm"), "pca", 2)[0])
+    np.testing.assert_array_equal(result.coords["minilm"], project(embed(ANIMALS, "minilm", sources=SOURCES), "pca", 2)[0])
 
 
 def test_tokenizer_view_splits_unknown_words_into_pieces():
-    rows, _ = tokenize(["xylophonequux"], "")
+    rows = tokenize(["xylophonequux"], "", TINY)
     by_name = {r["tokenizer"]: r for r in rows}
     assert {"LLM (byte-level BPE)", "MiniLM (WordPiece)"} <= set(by_name)
     for row in rows:
@@ -128,7 +139,7 @@ def test_word_sets_are_well_formed():
 
 @pytest.fixture
 def no_models(monkeypatch):
-    monkeypatch.setattr(embed_module, "embed", lambda *a, **k: pytest.fail("a model ran on bad input"))
+    monkeypatch.setattr(explorer_module, "embed", lambda *a, **k: pytest.fail("a model ran on bad input"))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -148,11 +159,10 @@ def no_models(monkeypatch):
     ({"words": "dog, cat", "projection": "anchors"}, "custom axes need two anchor words"),
     ({"words": "dog, cat", "projection": "anchors", "anchor_from": "big", "anchor_to": "big"}, "must differ"),
     ({"words": "dog, cat", "llm_layer": 1.5}, "whole number"),
-    ({"words": "dog, cat", "preset": "huge"}, "unknown preset"),
 ])
 def test_bad_input_gets_a_clear_message(no_models, kwargs, message):
     with pytest.raises(InputError, match=message):
-        explore(**kwargs)
+        explore(TINY, **kwargs)
 
 
 def test_duplicates_are_merged_with_a_notice():
@@ -162,23 +172,14 @@ def test_duplicates_are_merged_with_a_notice():
 
 def test_llm_layer_out_of_range():
     with pytest.raises(InputError, match="from 0 \\(embeddings\\) to"):
-        explore(ANIMALS, spaces=["llm_hidden"], llm_layer=999)
+        explore(TINY, ANIMALS, spaces=["llm_hidden"], llm_layer=999)
 
 
 # ---------------------------------------------------------------- the command line
 
 
-def run_cli(argv, capsys):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["embed", *argv])
-    code = args.func(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_prints_json(capsys):
-    code, out, _ = run_cli([*ANIMALS, "--space", "minilm", "--json"], capsys)
+    code, out, _ = run_cli(capsys, "embed", *ANIMALS, "--space", "minilm", "--json")
     data = json.loads(out)
     assert code == 0 and data["words"] == ANIMALS
     assert data["neighbours"]["puppy"][0]["neighbour"] == "dog"
@@ -186,7 +187,7 @@ def test_cli_prints_json(capsys):
 
 
 def test_cli_rejects_bad_input_with_exit_code_2(capsys):
-    code, out, err = run_cli(["dog", "--space", "minilm"], capsys)
+    code, out, err = run_cli(capsys, "embed", "dog", "--space", "minilm")
     assert code == 2 and "error: only one distinct word" in err and not out
 
 
@@ -207,7 +208,3 @@ def test_tab_reports_bad_input_over_http(app_client):
 
     with pytest.raises(AppError, match="no words given"):
         app_client.predict("", "", ["minilm"], "pca", 2, "", "", "", None, api_name="/embed_words")
-
-
-def test_every_space_is_offered():
-    assert list(SPACES) == ["minilm", "llm_hidden", "llm_tokens", "clip_text", "image_latents"]

@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wordsworlds.image import SCHEDULERS, ImageGenerator, StepFrame, noise_image, validate_render_options
+from conftest import TINY, run_cli
+from wordsworlds.errors import InputError
 from wordsworlds.presets import SHAPES_WORLD
-from wordsworlds.text import InputError
 from wordsworlds.world.scene import parse_caption
+from wordsworlds.worlds.diffusion import SCHEDULERS, ImageGenerator, StepFrame, validate_render_options
+from wordsworlds.worlds.noising import noise_image
 
 PROMPT = "a large red circle on the left"
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return ImageGenerator.load(SHAPES_WORLD)
+    return ImageGenerator.load(TINY)
 
 
 def test_the_shipped_folder_is_a_standard_diffusers_pipeline():
@@ -36,9 +38,9 @@ def test_seeded_render_is_reproducible(engine):
 
 
 def test_a_seeded_render_is_read_back_as_the_scene_asked_for(engine):
-    from wordsworlds.describe import describe
+    from wordsworlds.hybrid.describe import describe
 
-    scene, _ = describe(engine.render(PROMPT, steps=20, seed=0).image)
+    scene, _ = describe(TINY, engine.render(PROMPT, steps=20, seed=0).image)
     assert scene == parse_caption(PROMPT)  # shape, colour, size and position, all from the words
 
 
@@ -79,6 +81,30 @@ def test_noising_explorer_reports_the_schedule_noise_level(engine):
     assert noise_image(engine.pipe, draw_scene(parse_caption(PROMPT)), 999).noise > 0.99
 
 
+def test_forward_noising_runs_forwards_from_clean_to_noise(engine):
+    """t=0 shows the picture (a VAE round trip), t=999 shows noise: the error grows with t."""
+    from wordsworlds.world.draw import draw_scene
+
+    clean = draw_scene(parse_caption(PROMPT))
+    target = np.asarray(clean, dtype=np.float32)
+    errors = [np.abs(np.asarray(noise_image(engine.pipe, clean, t).noisy, dtype=np.float32) - target).mean()
+              for t in (0, 250, 500, 750, 999)]
+    assert errors[0] < 10 and errors == sorted(errors) and errors[-1] > 3 * errors[0]
+
+
+def test_noising_makes_every_tensor_on_the_models_device(tmp_path):
+    """On the `meta` device any tensor made on the CPU and fed to a module would fail with a device
+    mismatch; the only failure allowed is the final copy out to a picture, which meta cannot do."""
+    from diffusers import StableDiffusionPipeline
+
+    from fixtures_tiny import save_tiny_sd
+
+    pipe = StableDiffusionPipeline.from_pretrained(save_tiny_sd(tmp_path / "sd"), safety_checker=None,
+                                                   requires_safety_checker=False).to("meta")
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        noise_image(pipe, Image.new("RGB", (64, 64)), 500)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps"), (dict(steps=10_000), "steps"), (dict(guidance_scale=float("nan")), "finite"),
     (dict(guidance_scale=-1), "guidance"), (dict(scheduler="magic"), "unknown scheduler"),
@@ -114,22 +140,19 @@ def test_both_halves_answer_through_gradio_client(app_client):
         app_client.predict(PROMPT, 4, 5.0, "", 0, "magic", api_name="/render_image")
 
 
-def test_cli_render_writes_the_image_and_rejects_bad_input(tmp_path):
+def test_cli_render_writes_the_image_and_rejects_bad_input(tmp_path, capsys):
     import json
-    import subprocess
-    import sys
 
     out = tmp_path / "render.png"
-    ok = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, "--steps", "5", "--out", str(out),
-                         "--frames", str(tmp_path / "frames"), "--json"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["stats"]["steps"] == 5 and Image.open(out).size == (64, 64)
+    code, stdout, err = run_cli(capsys, "render", PROMPT, "--steps", "5", "--out", str(out),
+                                "--frames", str(tmp_path / "frames"), "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["stats"]["steps"] == 5 and Image.open(out).size == (64, 64)
     assert len(list((tmp_path / "frames").glob("*_x0.png"))) == 5
-    for args, message in [(["--steps", "0"], "steps"), (["--scheduler", "magic"], "scheduler"),
-                          (["--guidance", "nan"], "finite"), (["--height", "65"], "multiple of 8")]:
-        bad = subprocess.run([sys.executable, "-m", "wordsworlds", "render", PROMPT, *args],
-                             capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 2 and message in bad.stderr
+    for args, message in [(["--steps", "0"], "steps"), (["--guidance-scale", "nan"], "finite"),
+                          (["--height", "65"], "multiple of 8"), (["--seed", "-1"], "seed")]:
+        code, _, err = run_cli(capsys, "render", PROMPT, *args)
+        assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_an_abandoned_stream_stops_its_worker(engine):

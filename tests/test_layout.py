@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from wordsworlds.describe import shared_recognizer
-from wordsworlds.image import ImageGenerator
-from wordsworlds.layout import region_masks, render_layout, repaint_mask
+from conftest import TINY
+from wordsworlds.models import load_describer
 from wordsworlds.world.scene import Scene, WorldObject, parse_caption
+from wordsworlds.worlds.diffusion import ImageGenerator
+from wordsworlds.worlds.layout import region_masks, render_layout, repaint_mask
 
 SCENE = parse_caption("a large red circle on the left and a small blue square on the right")
 
@@ -35,9 +36,9 @@ def test_repaint_keeps_what_came_out_right_and_redraws_the_rest():
 
 
 def test_a_render_is_read_back_as_planned_and_a_redraw_keeps_the_kept_regions():
-    pipe = ImageGenerator.load().pipe
+    pipe = ImageGenerator.load(TINY).pipe
     result = render_layout(pipe, SCENE, steps=20, guidance_scale=5.0, seed=0, regional=False)
-    assert shared_recognizer().read([result.image])[0] == SCENE
+    assert load_describer(TINY).recognizer.read([result.image])[0] == SCENE
     assert result.stats.unet_evaluations == 20 * 2  # the whole caption and the unconditional row
     keep = repaint_mask(result.masks, SCENE, Scene(SCENE.objects[:1]))  # as if the blue square were missing
     redrawn = render_layout(pipe, SCENE, steps=20, guidance_scale=5.0, seed=123, keep=(result.latents, keep))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from wordsworlds.text import MAX_NEW_TOKENS_CAP, InputError, validate_options, validate_prompt
+from conftest import run_cli
+from wordsworlds.errors import InputError, check_prompt
+from wordsworlds.words.next_token import MAX_NEW_TOKENS_CAP, validate_options
 
 PROMPT = "Name three colours."
 
@@ -60,7 +61,7 @@ def test_cancel_stops_between_tokens(text_generator):
 )
 def test_bad_prompts_are_rejected(prompt, message):
     with pytest.raises(InputError, match=message):
-        validate_prompt(prompt)
+        check_prompt(prompt)
 
 
 @pytest.mark.parametrize(
@@ -81,21 +82,13 @@ def test_bad_options_are_rejected(kwargs, message):
         validate_options(**kwargs)
 
 
-def test_cli_json_and_bad_input_exit_code():
-    ok = subprocess.run(
-        [sys.executable, "-m", "wordsworlds", "text", PROMPT, "--max-new-tokens", "4", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert ok.returncode == 0, ok.stderr
-    import json
-
-    payload = json.loads(ok.stdout[ok.stdout.index("{"):])
+def test_cli_json_and_bad_input_exit_code(capsys):
+    code, out, err = run_cli(capsys, "text", PROMPT, "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    payload = json.loads(out[out.index("{"):])
     assert payload["stats"]["new_tokens"] == len(payload["tokens"]) <= 4
-    bad = subprocess.run(
-        [sys.executable, "-m", "wordsworlds", "text", PROMPT, "--temperature", "nan"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert bad.returncode != 0 and "temperature" in bad.stderr
+    code, _, err = run_cli(capsys, "text", PROMPT, "--temperature", "nan")
+    assert code == 2 and "temperature" in err
 
 
 def test_words_endpoint_answers_through_gradio_client(app_client):

@@ -95,7 +95,7 @@ def test_training_smoke_run_saves_a_loadable_folder(tmp_path):
     summary = train(TrainConfig.toy(), out=tmp_path / "weights", run_dir=tmp_path / "run")
     assert (tmp_path / "weights" / "model_index.json").exists()
     assert (tmp_path / "recognizer" / "model.safetensors").exists()
-    assert "in_distribution" in summary["evaluation"]
+    assert "in_distribution" in summary["evaluation"]  # the in-memory pipeline, scored before it is saved
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "weights")
     image = pipe("a red circle on the left", num_inference_steps=2, output_type="pil").images[0]
     assert image.size == (64, 64)

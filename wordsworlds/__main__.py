@@ -1,34 +1,53 @@
-"""The command line: every tab's function, plus training and evaluation of the shapes world.
+"""The command line: every tab's function, plus training, evaluation and a deployment check.
 
     python -m wordsworlds text "Once upon a time" --max-new-tokens 20 --json
     python -m wordsworlds render "a large red circle on the left" --steps 20 --out red.png
+    python -m wordsworlds embed dog puppy banana car --space minilm --space clip_text
     python -m wordsworlds hybrid "a sunset over the sea" --rounds 3
+    python -m wordsworlds doctor --preset sd15      # what each role runs on; exit 2 if a model is missing
     python -m wordsworlds evaluate [--hybrid]
     python -m wordsworlds train [--toy] [--out DIR]
+
+The preset is read here once (--preset, else $WORDSWORLDS_PRESET and the other WORDSWORLDS_*
+settings, presets.from_environment) and passed down. Bad input and a model that cannot be
+loaded end in a one-line message and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from .errors import InputError, ModelUnavailable, check_prompt
+from .explore.explorer import explore
+from .explore.projection import PROJECTIONS
+from .explore.spaces import SPACES
+from .hybrid.evaluate import evaluate_hybrid, format_hybrid_report
+from .hybrid.loop import run_hybrid, validate_hybrid_options
+from .hybrid.planner import validate_idea
+from .models import load_describer, load_diffusion, load_llm, load_sentence_encoder
+from .presets import PRESETS, Preset, from_environment
+from .words.next_token import TextGenerator, TextResult, validate_options
+from .world import evaluate as world_evaluate
+from .world.train import WEIGHTS_DIR, TrainConfig, train
+from .worlds.diffusion import SCHEDULERS, ImageGenerator, StepFrame, pipeline_with_scheduler, validate_render_options
 
-def cmd_text(args) -> int:
-    from .text import TextGenerator, TextResult, validate_options, validate_prompt
 
-    prompt = validate_prompt(args.prompt)  # before loading anything
+def cmd_text(args, preset: Preset) -> int:
+    prompt = check_prompt(args.prompt)  # before loading anything
     options = validate_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.top_n)
-    generator = TextGenerator.load(preset=args.preset)
     result = TextResult(text="")
-    for step in generator.stream(prompt, options, stats=result.stats):
+    for step in TextGenerator.load(preset).stream(prompt, options, stats=result.stats):
         result.steps.append(step)
         if not args.json:
             print(step.text, end="", flush=True)
     result.text = "".join(s.text for s in result.steps)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         stats = result.stats
         print(f"\n\n[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
@@ -36,32 +55,17 @@ def cmd_text(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .world.train import WEIGHTS_DIR, TrainConfig, train
-
-    config = TrainConfig.toy() if args.toy else TrainConfig()
-    if args.seed is not None:
-        config.seed = args.seed
-    out = Path(args.out) if args.out else WEIGHTS_DIR
-    summary = train(config, out=out, run_dir=Path(args.run_dir))
-    print(json.dumps({k: summary[k] for k in ("stage_seconds", "this_invocation_s", "recognizer_exact_scene_accuracy")},
-                     indent=2))
-    from .world.evaluate import format_report
-
-    print(format_report(summary["evaluation"]))
-    return 0
-
-
-def cmd_render(args) -> int:
-    from .image import ImageGenerator, StepFrame, validate_render_options
-    from .text import validate_prompt
-
-    prompt = validate_prompt(args.prompt)
-    options = validate_render_options(args.steps, args.guidance, args.negative_prompt, args.seed, args.scheduler,
-                                      args.height, args.width, previews=bool(args.frames))
+def cmd_render(args, preset: Preset) -> int:
+    prompt = check_prompt(args.prompt)
+    recipe = preset.recipe
+    options = validate_render_options(
+        recipe.steps if args.steps is None else args.steps,
+        recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale,
+        args.negative_prompt, args.seed, args.scheduler or recipe.scheduler, args.height, args.width,
+        previews=bool(args.frames))
     if args.frames:
         Path(args.frames).mkdir(parents=True, exist_ok=True)
-    for item in ImageGenerator.load(preset=args.preset).stream(prompt, options):
+    for item in ImageGenerator.load(preset).stream(prompt, options):
         if isinstance(item, StepFrame):
             if args.frames:
                 item.noisy.save(Path(args.frames) / f"step{item.step:03d}_noisy.png")
@@ -80,15 +84,15 @@ def cmd_render(args) -> int:
     return 0
 
 
-def cmd_hybrid(args) -> int:
-    from .hybrid import run_hybrid, validate_hybrid_options
-    from .planner import validate_idea
-
+def cmd_hybrid(args, preset: Preset) -> int:
     idea = validate_idea(args.idea)
-    options = validate_hybrid_options(args.rounds, not args.no_plan, not args.no_refine, args.steps, args.guidance,
+    recipe = preset.recipe
+    options = validate_hybrid_options(args.rounds, not args.no_plan, not args.no_refine,
+                                      recipe.steps if args.steps is None else args.steps,
+                                      recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale,
                                       args.seed)
     rounds = []
-    for round_ in run_hybrid(idea, options):
+    for round_ in run_hybrid(preset, idea, options):
         rounds.append(round_.to_dict())
         if not args.json:
             verdict = round_.check
@@ -99,25 +103,106 @@ def cmd_hybrid(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    if args.hybrid:
-        from .hybrid_eval import evaluate_hybrid, format_hybrid_report
+def cmd_embed(args, preset: Preset) -> int:
+    spaces = list(SPACES) if "all" in (args.space or []) else (args.space or ["minilm"])
+    projection = args.projection or ("anchors" if args.anchors else "pca")
+    if args.neighbours < 1:
+        raise InputError(f"--neighbours must be at least 1, got {args.neighbours}")
+    anchors = args.anchors or ["", ""]
+    result = explore(preset, list(args.words), template=args.template, spaces=spaces, projection=projection,
+                     dimensions=args.dimensions, anchor_from=anchors[0], anchor_to=anchors[1], llm_layer=args.layer)
+    for notice in result.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(args.neighbours), indent=2, ensure_ascii=False))
+        return 0
+    width = max(map(len, result.words)) + 2
+    for space in result.spaces:
+        print(f"\n{space} ({SPACES[space].kind}: {SPACES[space].title}) · {result.seconds[space]:.2f} s, "
+              f"{result.cached[space]} cached")
+        print(" " * width + "".join(f"{a[:16]:>18}" for a in result.axes[space]))
+        for word, xyz in zip(result.words, result.coords[space]):
+            print(f"{word:<{width}}" + "".join(f"{v:>18.4f}" for v in xyz))
+        if len(result.words) <= 12:
+            print("cosine similarity\n" + " " * width + "".join(f"{w[:8]:>9}" for w in result.words))
+            for word, row in zip(result.words, result.similarity[space]):
+                print(f"{word:<{width}}" + "".join(f"{v:>9.3f}" for v in row))
+        print("nearest neighbours")
+        for word in result.words:
+            near = [r for r in result.neighbours(word, args.neighbours) if r["space"] == space]
+            print(f"  {word} → " + ", ".join(f"{r['neighbour']} ({r['cosine']:.3f})" for r in near))
+    for row in result.agreements():
+        rho = "n/a" if row["spearman"] is None else f"{row['spearman']:.3f}"
+        flipped = "n/a" if row["flipped"] is None else f"{row['flipped']:.1%}"
+        print(f"\nagreement {row['space_a']} vs {row['space_b']}: Spearman {rho}, pair orders flipped {flipped}")
+    return 0
 
-        report = evaluate_hybrid(steps=args.steps, guidance=args.guidance)
+
+def cmd_doctor(args, preset: Preset) -> int:
+    """Load every model of the preset and say what each runs on; exit 2 if one cannot be loaded."""
+    recipe = preset.recipe
+    print(f"preset {preset.name}: {preset.hardware}")
+    print(f"recipe: {recipe.steps} steps, guidance {recipe.guidance_scale:g}, scheduler {recipe.scheduler}")
+    print(f"options: {preset.accel}")
+    missing = 0
+    for role, loader in (("LLM", load_llm), ("diffusion", load_diffusion), ("meaning encoder", load_sentence_encoder),
+                         ("describer", load_describer)):
+        try:
+            print(loader(preset).report.line())
+        except ModelUnavailable as error:
+            missing += 1
+            print(f"{role}: MISSING: {error}")
+    if missing:
+        print(f"error: {missing} model(s) of the preset {preset.name!r} cannot be loaded here", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_evaluate(args, preset: Preset) -> int:
+    recipe = preset.recipe
+    guidance_scale = recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    if args.weights:
+        preset = replace(preset, diffusion=str(Path(args.weights).resolve()))
+    if not preset.shapes_world:
+        raise InputError(f"the evaluation reads pictures back with the shapes-world recognizer; the preset "
+                         f"{preset.name!r} has none (use --preset tiny)")
+    if args.hybrid:
+        report = evaluate_hybrid(preset, steps=args.steps, guidance_scale=guidance_scale)
         print(json.dumps(report, indent=2) if args.json else format_hybrid_report(report))
         return 0
-    from .world.evaluate import evaluate, format_report
+    pipe = pipeline_with_scheduler(load_diffusion(preset).pipe)
+    report = world_evaluate.evaluate(pipe, load_describer(preset).recognizer, num_prompts=args.prompts,
+                                     steps=args.steps, guidance_scale=guidance_scale)
+    print(json.dumps(report, indent=2) if args.json else world_evaluate.format_report(report))
+    return 0
 
-    report = evaluate(args.weights, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+def cmd_train(args, preset: Preset) -> int:
+    # Training builds new models from the world's own data; of the preset it reads nothing.
+    config = TrainConfig.toy() if args.toy else TrainConfig()
+    if args.seed is not None:
+        config.seed = args.seed
+    out = Path(args.out) if args.out else WEIGHTS_DIR
+    summary = train(config, out=out, run_dir=Path(args.run_dir))
+    print(json.dumps({k: summary[k] for k in ("stage_seconds", "this_invocation_s", "recognizer_exact_scene_accuracy")},
+                     indent=2))
+    print(world_evaluate.format_report(summary["evaluation"]))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wordsworlds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--preset", choices=list(PRESETS),
+                        help="model preset (default: $WORDSWORLDS_PRESET, else tiny)")
 
-    p = sub.add_parser("text", help="generate text token by token with its probabilities")
+    def command(name, func, help):
+        p = sub.add_parser(name, help=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = command("text", cmd_text, "generate text token by token with its probabilities")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -125,75 +210,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-n", type=int, default=5, help="candidates reported per token")
     p.add_argument("--seed", type=int)
-    p.add_argument("--preset", help="model preset (default: $WORDSWORLDS_PRESET or tiny)")
     p.add_argument("--json", action="store_true", help="print text, stats and per-token probabilities as JSON")
-    p.set_defaults(func=cmd_text)
 
-    p = sub.add_parser("render", help="render an image step by step with the diffusion model")
+    p = command("render", cmd_render, "render an image step by step with the diffusion model")
     p.add_argument("prompt")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=int, help="default: the preset's recipe")
+    p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default="dpm++", help="dpm++, ddim, euler, euler-ancestral or ddpm")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the preset's recipe")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--out", default="render.png")
     p.add_argument("--frames", help="folder for every step's noisy-latent and x0 previews")
-    p.add_argument("--preset")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("hybrid", help="plan, render, describe, check, refine")
+    p = command("embed", cmd_embed, "place words in meaning and appearance spaces and compare them")
+    p.add_argument("words", nargs="+", help="words or quoted phrases (commas also separate)")
+    p.add_argument("--space", action="append", choices=list(SPACES) + ["all"],
+                   help="repeat for several (default: minilm; 'all' for every space)")
+    p.add_argument("--projection", choices=PROJECTIONS, help="default: pca, or anchors with --anchors")
+    p.add_argument("--dimensions", type=int, choices=(2, 3), default=2)
+    p.add_argument("--template", default="", help="e.g. 'a photo of a {}'")
+    p.add_argument("--anchors", nargs=2, metavar=("FROM", "TO"), help="custom x axis, e.g. --anchors small large")
+    p.add_argument("--layer", type=int, help="LLM hidden-state layer (default: the middle one)")
+    p.add_argument("--neighbours", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+
+    p = command("hybrid", cmd_hybrid, "plan, render, describe, check, refine")
     p.add_argument("idea")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-plan", action="store_true")
     p.add_argument("--no-refine", action="store_true")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=int, help="default: the preset's recipe")
+    p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_hybrid)
+
+    command("doctor", cmd_doctor, "load the preset and print what each role runs on (device, dtype, speed-ups)")
+
+    p = command("evaluate", cmd_evaluate, "GenEval-style pass rates of the miniature model")
+    p.add_argument("--weights", help="diffusers folder (default: the preset's diffusion model)")
+    p.add_argument("--prompts", type=int, default=200)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
+    p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("train", help="train the miniature Stable Diffusion and the recognizer")
+    p.set_defaults(func=cmd_train)
     p.add_argument("--toy", action="store_true", help="a few steps at toy width (smoke test)")
     p.add_argument("--out", help="diffusers folder to write (default: the shipped weights folder)")
     p.add_argument("--run-dir", default="runs/shapes", help="checkpoints and loss log; rerun to resume")
     p.add_argument("--seed", type=int)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="GenEval-style pass rates of the miniature model")
-    p.add_argument("--weights", help="diffusers folder (default: the shipped weights)")
-    p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
-
-    from . import embed
-
-    embed.add_cli(sub)
     return parser
 
 
-def main(argv=None) -> int:
-    from .text import InputError
-    from .world.scene import SceneError
-
+def main(argv=None, environ=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "preset", None):
-        from .presets import get_preset
-
-        try:
-            get_preset(args.preset)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
     try:
-        return args.func(args)
-    except (InputError, SceneError) as error:
+        preset = from_environment(os.environ if environ is None else environ, getattr(args, "preset", None))
+        return args.func(args, preset)
+    except (InputError, ModelUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -4,7 +4,7 @@ Both engines stream into one queue, so the caller sees a single timeline in the 
 things happened: token t beside step t, and what each one cost.
 
     >>> from wordsworlds.compare import run_side_by_side
-    >>> for side, item in run_side_by_side("a red circle", text_options, render_options):  # doctest: +SKIP
+    >>> for side, item in run_side_by_side(preset, "a red circle", text_options, render_options):  # doctest: +SKIP
     ...     print(side, item)
 """
 
@@ -14,19 +14,22 @@ import queue
 import threading
 from collections.abc import Iterator
 
-from .image import ImageGenerator, RenderOptions, StepFrame
-from .text import DecodingOptions, GenerationStats, TextGenerator, TokenStep
+from .errors import check_prompt
+from .presets import Preset
+from .words.next_token import DecodingOptions, GenerationStats, TextGenerator, TokenStep
+from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
 
 _DONE = object()
 
 
 def run_side_by_side(
-    prompt: str, text_options: DecodingOptions, render_options: RenderOptions, should_stop=None,
+    preset: Preset, prompt: str, text_options: DecodingOptions, render_options: RenderOptions, should_stop=None,
     text_stats: GenerationStats | None = None,
 ) -> Iterator[tuple[str, object]]:
     """Yield ("words", TokenStep) and ("worlds", StepFrame | RenderResult) as they happen."""
-    words = TextGenerator.load()
-    worlds = ImageGenerator.load()
+    prompt = check_prompt(prompt)  # here, not inside the engines' threads, so the message reaches the caller
+    words = TextGenerator.load(preset)
+    worlds = ImageGenerator.load(preset)
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
 

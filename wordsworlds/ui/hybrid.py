@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..charts import score_figure
-from ..hybrid import DEFAULT_GUIDANCE, MAX_ROUNDS, run_hybrid, validate_hybrid_options
-from ..planner import validate_idea
 from ..gpu import on_gpu
+from ..hybrid import loop
+from ..hybrid.loop import MAX_ROUNDS, validate_hybrid_options
+from ..hybrid.planner import validate_idea
+from ..presets import Preset
+from ..worlds.diffusion import MAX_STEPS
+from .charts import score_figure
 from .common import user_errors
 
 EXAMPLE_IDEAS = [
@@ -42,53 +45,60 @@ def round_markdown(round_) -> str:
     )
 
 
-@on_gpu(duration=120)
-def run_pipeline(idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
-                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
-    """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""
-    with user_errors():
-        idea = validate_idea(idea)
-        options = validate_hybrid_options(rounds, plan, refine, steps, guidance_scale, seed)
-    gallery, trace, scores, labels = [], [], [], []
-    choices = []
-    for round_ in run_hybrid(idea, options):
-        gallery.append((round_.image, f"round {round_.index}: {round_.check.score:.2f}"))
-        trace.append(round_markdown(round_))
-        scores.append(round_.check.score)
-        labels.append(round_.prompt)
-        choices = plan_table(round_.plan)
-        yield gallery, "\n\n".join(trace), choices, score_figure(scores, labels)
+class HybridTab:
+    """Tab 3's handlers (each method an API endpoint of the same name) and its layout."""
 
+    def __init__(self, preset: Preset):
+        self.preset = preset
 
-def build() -> None:
-    gr.Markdown(
-        "The language model **plans** (it may only write what the miniature world can draw: every word is "
-        "chosen among the options the grammar allows, and you see its probability for each), the diffusion "
-        "model **renders**, a recognizer **reads the picture back**, a checker **scores** it, and on a miss "
-        "the next round keeps the objects that came out right and redraws only the ones that failed, each in "
-        "its own region of the plan's layout. Switch planning and refining off to compare."
-    )
-    with gr.Row():
-        idea = gr.Textbox(label="Request", value=EXAMPLE_IDEAS[0], lines=1, max_lines=3, scale=4)
-        with gr.Column(scale=1, min_width=160):
-            run = gr.Button("Run", variant="primary")
-            stop = gr.Button("Stop", variant="stop", size="sm")
-    gr.Examples(EXAMPLE_IDEAS, inputs=idea)
-    with gr.Row():
-        use_plan = gr.Checkbox(value=True, label="LLM plans")
-        use_refine = gr.Checkbox(value=True, label="Refine on a miss")
-        rounds = gr.Slider(1, MAX_ROUNDS, value=3, step=1, label="Max rounds")
-        steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
-        guidance = gr.Slider(1, 12, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
-        seed = gr.Number(value=0, precision=0, label="Seed")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Rounds", columns=5, height="auto", object_fit="contain", elem_classes="ww-pixels")
-            trace = gr.Markdown()
-        with gr.Column(scale=1):
-            chart = gr.Plot(label="Score per round")
-            choices = gr.Dataframe(headers=["slot", "chosen", "LLM probability", "top options"],
-                                   label="The plan, choice by choice", interactive=False, wrap=True)
-    event = run.click(run_pipeline, [idea, rounds, use_plan, use_refine, steps, guidance, seed],
-                      [gallery, trace, choices, chart], concurrency_limit=2)
-    stop.click(None, cancels=[event])
+    @on_gpu(duration=120)
+    def run_hybrid(self, idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
+                   guidance_scale: float = 5.0, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
+        """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""
+        with user_errors():
+            idea = validate_idea(idea)
+            options = validate_hybrid_options(rounds, plan, refine, steps, guidance_scale, seed)
+            gallery, trace, scores, labels = [], [], [], []
+            choices = []
+            for round_ in loop.run_hybrid(self.preset, idea, options):
+                gallery.append((round_.image, f"round {round_.index}: {round_.check.score:.2f}"))
+                trace.append(round_markdown(round_))
+                scores.append(round_.check.score)
+                labels.append(round_.prompt)
+                choices = plan_table(round_.plan)
+                yield gallery, "\n\n".join(trace), choices, score_figure(scores, labels)
+
+    def build(self) -> None:
+        """Lay out the tab inside an open gr.Blocks and wire its events."""
+        recipe = self.preset.recipe
+        gr.Markdown(
+            "The language model **plans** (it may only write what the miniature world can draw: every word is "
+            "chosen among the options the grammar allows, and you see its probability for each), the diffusion "
+            "model **renders**, a recognizer **reads the picture back**, a checker **scores** it, and on a miss "
+            "the next round keeps the objects that came out right and redraws only the ones that failed, each in "
+            "its own region of the plan's layout. Switch planning and refining off to compare."
+        )
+        with gr.Row():
+            idea = gr.Textbox(label="Request", value=EXAMPLE_IDEAS[0], lines=1, max_lines=3, scale=4)
+            with gr.Column(scale=1, min_width=160):
+                run = gr.Button("Run", variant="primary")
+                stop = gr.Button("Stop", variant="stop", size="sm")
+        gr.Examples(EXAMPLE_IDEAS, inputs=idea)
+        with gr.Row():
+            use_plan = gr.Checkbox(value=True, label="LLM plans")
+            use_refine = gr.Checkbox(value=True, label="Refine on a miss")
+            rounds = gr.Slider(1, MAX_ROUNDS, value=3, step=1, label="Max rounds")
+            steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+            guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5, label="Guidance scale")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Rounds", columns=5, height="auto", object_fit="contain", elem_classes="ww-pixels")
+                trace = gr.Markdown()
+            with gr.Column(scale=1):
+                chart = gr.Plot(label="Score per round")
+                choices = gr.Dataframe(headers=["slot", "chosen", "LLM probability", "top options"],
+                                       label="The plan, choice by choice", interactive=False, wrap=True)
+        event = run.click(self.run_hybrid, [idea, rounds, use_plan, use_refine, steps, guidance_scale, seed],
+                          [gallery, trace, choices, chart], concurrency_limit=2)
+        stop.click(None, cancels=[event])

@@ -1,6 +1,6 @@
 """Tab 1, "Words vs worlds": one prompt, text token by token beside an image step by step.
 
-Handlers are plain generators: each `yield` is one frame the browser shows. Three endpoints:
+Handlers are generators: each `yield` is one frame the browser shows. Three endpoints:
 `generate_text` (words), `render_image` (worlds), `compare` (both at once, one timeline).
 """
 
@@ -11,11 +11,15 @@ import random
 import gradio as gr
 
 from ..compare import run_side_by_side, timeline_row
-from ..image import MAX_STEPS, SCHEDULERS, RenderResult, RenderStats, StepFrame, validate_render_options
-from ..text import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options, validate_prompt
-from . import inside
+from ..errors import check_prompt
 from ..gpu import on_gpu
+from ..presets import Preset
+from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options
+from ..worlds.diffusion import (
+    MAX_STEPS, SCHEDULERS, ImageGenerator, RenderResult, RenderStats, StepFrame, validate_render_options,
+)
 from .common import format_seconds, user_errors
+from .inside import InsideDiffusion
 
 EXAMPLE_PROMPTS = [
     "a large red circle on the left and a small blue square on the right",
@@ -25,7 +29,7 @@ EXAMPLE_PROMPTS = [
 ]
 
 
-# ----------------------------------------------------------------------------- words
+# ----------------------------------------------------------------------------- views of the results
 
 
 def describe_text_stats(stats: GenerationStats) -> str:
@@ -45,33 +49,6 @@ def token_record(step) -> dict:
     return {"index": step.index, "text": step.text, "prob": step.prob, "top": step.top}
 
 
-@on_gpu(duration=120)
-def generate_text(prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
-    """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
-    with user_errors():
-        prompt = validate_prompt(prompt)
-        options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
-    stats = GenerationStats()
-    steps, shaded = [], []
-    for step in TextGenerator.load().stream(prompt, options, stats=stats):
-        steps.append(token_record(step))
-        shaded.append((step.text, round(step.prob, 3)))
-        yield shaded, candidates(steps[-1]), describe_text_stats(stats), steps
-    yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
-
-
-def inspect_token(steps: list[dict], evt: gr.SelectData):
-    """The candidates the model weighed for the clicked token."""
-    if not steps or evt.index is None:
-        return {}
-    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    return candidates(steps[min(int(index), len(steps) - 1)])
-
-
-# ----------------------------------------------------------------------------- worlds
-
-
 def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: float) -> str:
     per_step = 2 if guidance_scale > 1 else 1
     return (
@@ -82,137 +59,160 @@ def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: 
     )
 
 
-@on_gpu(duration=120)
-def render_image(prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
-                 seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
-    """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
-    from ..image import ImageGenerator
-
-    with user_errors():
-        prompt = validate_prompt(prompt)
-        options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
-    stats = RenderStats()
-    noisy = x0 = None
-    for item in ImageGenerator.load().stream(prompt, options):
-        if isinstance(item, StepFrame):
-            stats.steps, stats.total_s = item.step, item.elapsed_s
-            # Between full decodes (see image.PREVIEW_SHARE) the x0 view keeps its last decoded picture.
-            noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-            yield noisy, x0, None, describe_render_stats(stats, options.steps, options.guidance_scale)
-        else:
-            for warning in item.warnings:
-                gr.Warning(warning)
-            yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps, options.guidance_scale)
-
-
-# ----------------------------------------------------------------------------- both
-
-
-@on_gpu(duration=120)
-def compare(prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "", seed: int = 0,
-            scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
-    """Both engines on one prompt at once, with a shared timeline of tokens and steps."""
-    with user_errors():
-        prompt = validate_prompt(prompt)
-        text_options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
-        render_options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
-    text_stats = GenerationStats()
-    shaded, records, timeline = [], [], []
-    noisy = x0 = final = None
-    world_meter = ""
-    render_stats = RenderStats()
-    for side, item in run_side_by_side(prompt, text_options, render_options, text_stats=text_stats):
-        row = timeline_row(side, item)
-        if row:
-            timeline.append(row)
-        if side == "words":
-            records.append(token_record(item))
-            shaded.append((item.text, round(item.prob, 3)))
-        elif isinstance(item, StepFrame):
-            noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-            render_stats.steps, render_stats.total_s = item.step, item.elapsed_s
-            world_meter = describe_render_stats(render_stats, item.total_steps, render_options.guidance_scale)
-        elif isinstance(item, RenderResult):
-            final = item.image
-            world_meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale)
-        yield (shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records,
-               noisy, x0, final, world_meter, timeline)
+def inspect_token(steps: list[dict], evt: gr.SelectData):
+    """The candidates the model weighed for the clicked token."""
+    if not steps or evt.index is None:
+        return {}
+    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return candidates(steps[min(int(index), len(steps) - 1)])
 
 
 def new_seed() -> int:
     return random.randrange(2**31)
 
 
-# ----------------------------------------------------------------------------- layout
+# ----------------------------------------------------------------------------- the tab
 
 
-def build() -> None:
-    """Lay out the tab inside an open gr.Blocks and wire its events."""
-    gr.Markdown(
-        "One prompt, two ways of making things. The **language model** commits to one token at a time, "
-        "left to right, for good; each token is shaded by the probability the model gave it (click one to "
-        "see what it beat). The **diffusion model** starts from noise and refines the whole canvas at every "
-        "step: left, the noisy latent; right, the model's current guess of the clean image."
-    )
-    with gr.Row():
-        prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4)
-        with gr.Column(scale=1, min_width=180):
-            run_both = gr.Button("Run both", variant="primary")
-            with gr.Row():
-                run_words = gr.Button("Words only", size="sm")
-                run_worlds = gr.Button("Worlds only", size="sm")
-            stop = gr.Button("Stop", variant="stop", size="sm")
-    gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
-    with gr.Row(equal_height=False):
-        with gr.Column():
-            gr.Markdown("### Words: next-token prediction")
-            tokens = gr.HighlightedText(label="Text, token by token", combine_adjacent=False, show_legend=False)
-            top = gr.Label(label="Candidates for the latest (or clicked) token", num_top_classes=5)
-            text_meter = gr.Markdown()
-        with gr.Column():
-            gr.Markdown("### Worlds: denoising")
-            with gr.Row():
-                noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[], elem_classes="ww-pixels")
-                x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[],
-                              elem_classes="ww-pixels")
-                final = gr.Image(label="Final image", type="pil", height=200, elem_classes="ww-pixels")
-            image_meter = gr.Markdown()
-    with gr.Row():
-        with gr.Accordion("Decoding (words)", open=False):
-            max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
-            top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
-            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
-        with gr.Accordion("Sampling (worlds)", open=False):
-            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
-            guidance = gr.Slider(0, 15, value=5, step=0.5, label="Guidance scale (>1: two U-Net passes per step)")
-            scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++", label="Scheduler")
-            negative = gr.Textbox(label="Negative prompt", value="")
-    with gr.Row():
-        seed = gr.Number(value=0, precision=0, label="Seed (image noise; text only when sampling)", scale=3)
-        reseed = gr.Button("🎲 New seed", size="sm", scale=1)
-    gr.Markdown(
-        "*Same seed, same result:* run twice and both sides repeat exactly (greedy text; the same starting "
-        "noise). Raise the temperature or draw a new seed and both change."
-    )
-    with gr.Accordion("Timeline: token t beside step t", open=False):
-        timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], interactive=False, wrap=True)
-    records = gr.State([])
-    inside.build(prompt)
+class WordsVsWorldsTab:
+    """Tab 1's handlers (each method an API endpoint of the same name) and its layout."""
 
-    text_inputs = [prompt, max_new_tokens, temperature, top_k, top_p, seed]
-    image_inputs = [prompt, steps, guidance, negative, seed, scheduler]
-    events = [
-        run_words.click(generate_text, text_inputs, [tokens, top, text_meter, records], concurrency_limit=2),
-        run_worlds.click(render_image, image_inputs, [noisy, x0, final, image_meter], concurrency_limit=2),
-        run_both.click(
-            compare,
-            [prompt, max_new_tokens, temperature, top_k, top_p, steps, guidance, negative, seed, scheduler],
-            [tokens, top, text_meter, records, noisy, x0, final, image_meter, timeline],
-            concurrency_limit=2,
-        ),
-    ]
-    stop.click(None, cancels=events)
-    reseed.click(new_seed, outputs=seed, api_visibility="private")
-    tokens.select(inspect_token, inputs=[records], outputs=[top], api_visibility="private")
+    def __init__(self, preset: Preset):
+        self.preset = preset
+
+    @on_gpu(duration=120)
+    def generate_text(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
+                      top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
+        """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
+        with user_errors():
+            prompt = check_prompt(prompt)
+            options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
+            stats = GenerationStats()
+            steps, shaded = [], []
+            for step in TextGenerator.load(self.preset).stream(prompt, options, stats=stats):
+                steps.append(token_record(step))
+                shaded.append((step.text, round(step.prob, 3)))
+                yield shaded, candidates(steps[-1]), describe_text_stats(stats), steps
+            yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
+
+    @on_gpu(duration=120)
+    def render_image(self, prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
+                     seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
+        """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
+        with user_errors():
+            prompt = check_prompt(prompt)
+            options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
+            noisy = x0 = None
+            for item in ImageGenerator.load(self.preset).stream(prompt, options):
+                if isinstance(item, StepFrame):
+                    # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last decoded picture.
+                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
+                    yield noisy, x0, None, describe_render_stats(item.stats, options.steps, options.guidance_scale)
+                else:
+                    for warning in item.warnings:
+                        gr.Warning(warning)
+                    yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps, options.guidance_scale)
+
+    @on_gpu(duration=120)
+    def compare(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
+                seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
+        """Both engines on one prompt at once, with a shared timeline of tokens and steps."""
+        with user_errors():
+            prompt = check_prompt(prompt)
+            text_options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
+            render_options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
+            text_stats = GenerationStats()
+            shaded, records, timeline = [], [], []
+            noisy = x0 = final = None
+            world_meter = ""
+            for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats):
+                row = timeline_row(side, item)
+                if row:
+                    timeline.append(row)
+                if side == "words":
+                    records.append(token_record(item))
+                    shaded.append((item.text, round(item.prob, 3)))
+                elif isinstance(item, StepFrame):
+                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
+                    world_meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale)
+                elif isinstance(item, RenderResult):
+                    final = item.image
+                    world_meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale)
+                yield (shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records,
+                       noisy, x0, final, world_meter, timeline)
+
+    def build(self) -> None:
+        """Lay out the tab inside an open gr.Blocks and wire its events."""
+        recipe = self.preset.recipe
+        gr.Markdown(
+            "One prompt, two ways of making things. The **language model** commits to one token at a time, "
+            "left to right, for good; each token is shaded by the probability the model gave it (click one to "
+            "see what it beat). The **diffusion model** starts from noise and refines the whole canvas at every "
+            "step: left, the noisy latent; right, the model's current guess of the clean image."
+        )
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4)
+            with gr.Column(scale=1, min_width=180):
+                run_both = gr.Button("Run both", variant="primary")
+                with gr.Row():
+                    run_words = gr.Button("Words only", size="sm")
+                    run_worlds = gr.Button("Worlds only", size="sm")
+                stop = gr.Button("Stop", variant="stop", size="sm")
+        gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                gr.Markdown("### Words: next-token prediction")
+                tokens = gr.HighlightedText(label="Text, token by token", combine_adjacent=False, show_legend=False)
+                top = gr.Label(label="Candidates for the latest (or clicked) token", num_top_classes=5)
+                text_meter = gr.Markdown()
+            with gr.Column():
+                gr.Markdown("### Worlds: denoising")
+                with gr.Row():
+                    noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[],
+                                     elem_classes="ww-pixels")
+                    x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[],
+                                  elem_classes="ww-pixels")
+                    final = gr.Image(label="Final image", type="pil", height=200, elem_classes="ww-pixels")
+                image_meter = gr.Markdown()
+        with gr.Row():
+            with gr.Accordion("Decoding (words)", open=False):
+                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
+                top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+            with gr.Accordion("Sampling (worlds)", open=False):
+                steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+                guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5,
+                                           label="Guidance scale (>1: two U-Net passes per step)")
+                scheduler = gr.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
+                negative_prompt = gr.Textbox(label="Negative prompt", value="")
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image noise; text only when sampling)",
+                             scale=3)
+            reseed = gr.Button("🎲 New seed", size="sm", scale=1)
+        gr.Markdown(
+            "*Same seed, same result:* run twice and both sides repeat exactly (greedy text; the same starting "
+            "noise). Raise the temperature or draw a new seed and both change."
+        )
+        with gr.Accordion("Timeline: token t beside step t", open=False):
+            timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], interactive=False, wrap=True)
+        records = gr.State([])
+        InsideDiffusion(self.preset).build(prompt)
+
+        text_inputs = [prompt, max_new_tokens, temperature, top_k, top_p, seed]
+        image_inputs = [prompt, steps, guidance_scale, negative_prompt, seed, scheduler]
+        events = [
+            run_words.click(self.generate_text, text_inputs, [tokens, top, text_meter, records], concurrency_limit=2),
+            run_worlds.click(self.render_image, image_inputs, [noisy, x0, final, image_meter], concurrency_limit=2),
+            run_both.click(
+                self.compare,
+                [prompt, max_new_tokens, temperature, top_k, top_p, steps, guidance_scale, negative_prompt, seed,
+                 scheduler],
+                [tokens, top, text_meter, records, noisy, x0, final, image_meter, timeline],
+                concurrency_limit=2,
+            ),
+        ]
+        stop.click(None, cancels=events)
+        reseed.click(new_seed, outputs=seed, api_visibility="private")
+        tokens.select(inspect_token, inputs=[records], outputs=[top], api_visibility="private")

@@ -2,6 +2,8 @@
 
     python -m wordsworlds evaluate              # both prompt sets, default sampling (20 steps)
 
+    >>> report = evaluate(pipe, Recognizer.load(), num_prompts=20)        # doctest: +SKIP
+
 Two sets: fresh scenes from the training distribution, and scenes that contain a
 colour-shape pair held out of training (scene.HELD_OUT_PAIRS).
 """
@@ -10,13 +12,11 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
-
 import torch
 
 from .checker import CATEGORIES, check
 from .recognizer import Recognizer
-from .scene import caption, random_scene
+from .scene import caption, parse_caption, random_scene
 
 PROMPT_SETS = {"in_distribution": "exclude", "held_out": "only"}
 
@@ -26,24 +26,15 @@ def prompt_set(name: str, count: int, seed: int = 1234) -> list[str]:
     return [caption(random_scene(rng, held_out=PROMPT_SETS[name]), rng) for _ in range(count)]
 
 
-def load_pipeline(folder):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def score_prompts(pipe, recognizer: Recognizer, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 10) -> dict:
-    from .scene import parse_caption
-
+def score_prompts(pipe, recognizer: Recognizer, prompts: list[str], steps: int, guidance_scale: float, seed: int,
+                  batch: int = 10) -> dict:
     totals = {c: [0, 0] for c in CATEGORIES}
     passed = 0
     started = time.perf_counter()
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         generator = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generator).images
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator).images
         for prompt, seen in zip(chunk, recognizer.read(images)):
             result = check(parse_caption(prompt), seen)
             passed += result.passed
@@ -64,17 +55,13 @@ def score_prompts(pipe, recognizer: Recognizer, prompts: list[str], steps: int, 
     }
 
 
-def evaluate(folder=None, num_prompts: int = 200, steps: int = 20, guidance: float = 5.0, seed: int = 0,
-             recognizer: Recognizer | None = None) -> dict:
-    from .train import WEIGHTS_DIR
-
-    folder = Path(folder or WEIGHTS_DIR)
-    pipe = load_pipeline(folder)
-    recognizer = recognizer or Recognizer.load()
-    report = {"steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__}
+def evaluate(pipe, recognizer: Recognizer, num_prompts: int = 200, steps: int = 20, guidance_scale: float = 5.0,
+             seed: int = 0) -> dict:
+    """Score `pipe` (a Stable Diffusion pipeline of the shapes world) on both prompt sets."""
+    report = {"steps": steps, "guidance_scale": guidance_scale, "scheduler": type(pipe.scheduler).__name__}
     for name in PROMPT_SETS:
         count = num_prompts if name == "in_distribution" else max(1, num_prompts // 2)
-        report[name] = score_prompts(pipe, recognizer, prompt_set(name, count), steps, guidance, seed)
+        report[name] = score_prompts(pipe, recognizer, prompt_set(name, count), steps, guidance_scale, seed)
     return report
 
 

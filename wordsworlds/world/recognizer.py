@@ -91,6 +91,10 @@ class Recognizer:
         net.load_state_dict(load_file(folder / "model.safetensors"))
         return cls(net)
 
+    def to(self, device: str) -> "Recognizer":
+        self.net.to(device)
+        return self
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -100,9 +104,10 @@ class Recognizer:
     @torch.no_grad()
     def read_labels(self, images) -> tuple[np.ndarray, np.ndarray]:
         """(labels, confidences), each of shape (N, 5)."""
-        probs = self.net(images_to_tensor(images)).softmax(-1)
+        device = next(self.net.parameters()).device
+        probs = self.net(images_to_tensor(images).to(device)).softmax(-1)
         confidence, labels = probs.max(-1)
-        return labels.numpy(), confidence.numpy()
+        return labels.cpu().numpy(), confidence.cpu().numpy()
 
     def read(self, images) -> list[Scene | None]:
         """The scene each image shows; None where it shows no valid scene (empty or >3 objects)."""

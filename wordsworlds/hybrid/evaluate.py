@@ -13,10 +13,9 @@ from __future__ import annotations
 import random
 import time
 
-from .hybrid import DEFAULT_GUIDANCE, HybridOptions, run_hybrid
-from .image import ImageGenerator
-from .planner import ScenePlanner
-from .world.scene import caption, parse_caption, random_scene
+from ..presets import Preset
+from ..world.scene import caption, parse_caption, random_scene
+from .loop import DEFAULT_GUIDANCE, HybridOptions, run_hybrid
 
 EVERYDAY_IDEAS = [
     "a sunset over the sea", "a traffic light", "two suns", "a snowman", "a tree", "a house", "a ball on the grass",
@@ -34,18 +33,19 @@ def hybrid_requests(direct: int = 70, seed: int = 4321) -> list[tuple[str, str]]
     return [("everyday", idea) for idea in EVERYDAY_IDEAS] + [("direct", text) for text in scenes]
 
 
-def evaluate_hybrid(steps: int = 20, guidance: float = DEFAULT_GUIDANCE, rounds: int = 3, direct: int = 70) -> dict:
-    engine, planner = ImageGenerator.load(), ScenePlanner.load()
+def evaluate_hybrid(preset: Preset, steps: int = 20, guidance_scale: float = DEFAULT_GUIDANCE, rounds: int = 3,
+                    direct: int = 70) -> dict:
+    """Pass rates of direct render, planned, and planned + refined over `hybrid_requests(direct)`."""
     rows = {"everyday": [], "direct": []}
     valid_plans = total_plans = 0
     for kind, request in hybrid_requests(direct):
         started = time.perf_counter()
-        direct_round = next(run_hybrid(request, HybridOptions(rounds=1, plan=False, refine=False, steps=steps,
-                                                              guidance_scale=guidance), engine=engine))
+        direct_round = next(run_hybrid(preset, request, HybridOptions(rounds=1, plan=False, refine=False, steps=steps,
+                                                                      guidance_scale=guidance_scale)))
         direct_s = time.perf_counter() - started
         started = time.perf_counter()
-        loop = list(run_hybrid(request, HybridOptions(rounds=rounds, plan=True, refine=True, steps=steps,
-                                                      guidance_scale=guidance), planner=planner, engine=engine))
+        loop = list(run_hybrid(preset, request, HybridOptions(rounds=rounds, plan=True, refine=True, steps=steps,
+                                                              guidance_scale=guidance_scale)))
         loop_s = time.perf_counter() - started
         for round_ in loop:
             total_plans += 1
@@ -55,7 +55,7 @@ def evaluate_hybrid(steps: int = 20, guidance: float = DEFAULT_GUIDANCE, rounds:
             "rounds": len(loop), "direct_s": direct_s, "loop_s": loop_s,
         })
     report = {"plan_validity": valid_plans / total_plans, "plans": total_plans, "steps": steps,
-              "guidance_scale": guidance, "max_rounds": rounds}
+              "guidance_scale": guidance_scale, "max_rounds": rounds}
     for kind, items in rows.items():
         n = len(items)
         report[kind] = {

@@ -4,8 +4,8 @@ scores, and on a miss the next round changes what failed, for at most N rounds.
 In the shapes world a plan is also a layout: a refining round keeps the objects that came
 out right and redraws only the ones that failed, each in its own region (layout.py).
 
-    >>> from wordsworlds.hybrid import run_hybrid
-    >>> for round_ in run_hybrid("a sunset over the sea", rounds=3):    # doctest: +SKIP
+    >>> from wordsworlds.hybrid.loop import run_hybrid
+    >>> for round_ in run_hybrid(preset, "a sunset over the sea", rounds=3):    # doctest: +SKIP
     ...     print(round_.index, round_.prompt, round_.check.score)
 """
 
@@ -15,23 +15,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from PIL import Image
 
+from ..errors import check_number
+from ..models import load_sentence_encoder
+from ..presets import Preset
+from ..words.next_token import TextGenerator
+from ..world.checker import CheckResult, check
+from ..world.scene import Scene, parse_caption
+from ..worlds.diffusion import ImageGenerator, validate_render_options
+from ..worlds.layout import render_layout, repaint_mask
 from .describe import describe
-from .image import ImageGenerator
-from .layout import render_layout, repaint_mask
 from .planner import Plan, PromptPlan, ScenePlanner, expand_idea, validate_idea
-from .presets import get_preset
-from .text import InputError, _number
-from .world.checker import CheckResult, check
-from .world.scene import Scene, parse_caption
 
 MAX_ROUNDS = 5
 MAX_TOTAL_SECONDS = 180.0
-STEPS_RANGE = (1, 50)
-GUIDANCE_RANGE = (1.0, 12.0)
 DEFAULT_GUIDANCE = 5.0
 
 
@@ -46,21 +44,15 @@ class HybridOptions:
     max_seconds: float = MAX_TOTAL_SECONDS
 
 
-def clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
-
-
 def validate_hybrid_options(rounds=3, plan=True, refine=True, steps=20, guidance_scale=DEFAULT_GUIDANCE, seed=0,
                             max_seconds=MAX_TOTAL_SECONDS) -> HybridOptions:
-    """Rounds outside 1..5 are an error; steps and guidance are clamped to the UI's limits."""
-    rounds = _number("rounds", rounds, int)
-    if not 1 <= rounds <= MAX_ROUNDS:
-        raise InputError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
-    steps = int(clamp(_number("steps", steps, int), *STEPS_RANGE))
-    guidance_scale = clamp(_number("guidance_scale", guidance_scale), *GUIDANCE_RANGE)
-    seed = _number("seed", seed, int) % 2**32
-    max_seconds = clamp(_number("max_seconds", max_seconds), 1.0, MAX_TOTAL_SECONDS)
-    return HybridOptions(rounds, bool(plan), bool(refine), steps, guidance_scale, seed, max_seconds)
+    """Every option checked before any model work; steps, guidance and seed with the same bounds
+    as a render (worlds.diffusion.validate_render_options). Out of range is refused, never clamped."""
+    rounds = check_number("rounds", rounds, int, 1, MAX_ROUNDS)
+    render = validate_render_options(steps=steps, guidance_scale=guidance_scale, seed=seed)
+    max_seconds = check_number("max_seconds", max_seconds, float, 1, MAX_TOTAL_SECONDS)
+    return HybridOptions(rounds, bool(plan), bool(refine), render.steps, render.guidance_scale, render.seed,
+                         max_seconds)
 
 
 @dataclass
@@ -93,36 +85,33 @@ def unchecked(reason: str) -> CheckResult:
 SEMANTIC_PASS = 0.5
 
 
-def semantic_check(wanted: str, description: str) -> CheckResult:
+def semantic_check(preset: Preset, wanted: str, description: str) -> CheckResult:
     """Hub presets read no scene: compare the meaning of the describer's caption with the
     prompt (MiniLM cosine similarity) instead of checking objects one by one."""
-    from .embed_spaces import embed
-
-    vectors = embed([wanted, description], "minilm")
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = load_sentence_encoder(preset).model.encode([wanted, description], normalize_embeddings=True)
     similarity = float(vectors[0] @ vectors[1])
     return CheckResult(checks={"meaning": similarity >= SEMANTIC_PASS},
                        findings=[f"the description is {similarity:.2f} similar in meaning to the prompt "
                                  f"(pass: {SEMANTIC_PASS})"])
 
 
-def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, planner: ScenePlanner | None = None,
-               engine: ImageGenerator | None = None, **option_kwargs) -> Iterator[Round]:
+def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, checker=check,
+               **option_kwargs) -> Iterator[Round]:
     """Yield each round as it finishes; stop at the first full pass, the round cap or the time cap.
 
     `checker(target, seen) -> CheckResult` can be swapped (tests plant failures with it).
     """
     idea = validate_idea(idea)
     options = options or validate_hybrid_options(**option_kwargs)
-    engine = engine or ImageGenerator.load()
-    shapes_world = get_preset().describer == "shapes-recognizer"
+    engine = ImageGenerator.load(preset)
+    shapes_world = preset.shapes_world
     requested = parse_caption(idea) if shapes_world else None  # a scene description is checked against itself
     plan = None
     if options.plan and shapes_world:
-        planner = planner or ScenePlanner.load()
+        planner = ScenePlanner.load(preset)
         plan = planner.plan(idea)
     elif options.plan:
-        plan = expand_idea(idea, engine.pipe.tokenizer)
+        plan = expand_idea(idea, engine.pipe.tokenizer, TextGenerator.load(preset))
     seed, guidance = options.seed, options.guidance_scale
     layout = shapes_world and plan is not None  # a shapes-world plan is a layout the refine can use
     action = "plan, then render" if plan else "render the request as written"
@@ -140,9 +129,9 @@ def run_hybrid(idea: str, options: HybridOptions | None = None, checker=check, p
                                    regional=keep is not None)
         else:
             result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
-        seen, description = describe(result.image)
+        seen, description = describe(preset, result.image)
         if not shapes_world:
-            verdict = semantic_check(prompt, description)
+            verdict = semantic_check(preset, prompt, description)
         elif target:
             verdict = checker(target, seen)
         else:

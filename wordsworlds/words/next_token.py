@@ -4,31 +4,27 @@ For every generated token it reports the token's probability and the top-k candi
 beat. Greedy or sampled (temperature, top-k, top-p, seed), with the chat template for
 instruct models, a server-side cap on new tokens, and cancellation between tokens.
 
-    >>> from wordsworlds.text import TextGenerator
-    >>> generator = TextGenerator.load()                    # the preset's LLM
+    >>> from wordsworlds.presets import get_preset
+    >>> from wordsworlds.words.next_token import TextGenerator
+    >>> generator = TextGenerator.load(get_preset("tiny"))   # the preset's LLM
     >>> for step in generator.stream("Name a colour.", max_new_tokens=5):
     ...     print(step.text, round(step.prob, 2), step.top[:2])   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .models import load_causal_lm
+from ..errors import InputError, check_number, check_prompt, check_seed
+from ..models import LLM, Report, load_llm
+from ..presets import Preset
 
-MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS_CAP = 256  # the server's cap, whatever the caller asks
 MAX_TOP_N = 20
-
-
-class InputError(ValueError):
-    """Input rejected before any model work; the message is shown to the user as is."""
 
 
 @dataclass
@@ -46,53 +42,18 @@ class DecodingOptions:
         return self.temperature == 0
 
 
-def validate_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
-    if not isinstance(prompt, str):
-        raise InputError(f"the prompt must be text, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise InputError("the prompt is empty; type a few words")
-    if len(prompt) > max_chars:
-        raise InputError(f"the prompt is {len(prompt):,} characters; the limit is {max_chars:,}")
-    return prompt
-
-
-def _number(name, value, kind=float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a number, got {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value}")
-    if kind is int:
-        if float(value) != int(value):
-            raise InputError(f"{name} must be a whole number, got {value}")
-        return int(value)
-    return float(value)
-
-
 def validate_options(
     max_new_tokens=48, temperature=0.0, top_k=0, top_p=1.0, seed=None, top_n=5, chat=True
 ) -> DecodingOptions:
     """Check every decoding option; raise InputError with a message a person can act on."""
-    max_new_tokens = _number("max_new_tokens", max_new_tokens, int)
-    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_CAP:
-        raise InputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_CAP}, got {max_new_tokens}")
-    temperature = _number("temperature", temperature)
-    if not 0 <= temperature <= 5:
-        raise InputError(f"temperature must be between 0 (greedy) and 5, got {temperature}")
-    top_k = _number("top_k", top_k, int)
-    if top_k < 0:
-        raise InputError(f"top_k must be 0 (off) or positive, got {top_k}")
-    top_p = _number("top_p", top_p)
-    if not 0 < top_p <= 1:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    if seed is not None and seed != "":
-        seed = _number("seed", seed, int)
-        if not 0 <= seed < 2**32:
-            raise InputError(f"seed must be between 0 and 2**32 - 1, got {seed}")
-    else:
-        seed = None
-    top_n = _number("top_n", top_n, int)
-    if not 1 <= top_n <= MAX_TOP_N:
-        raise InputError(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
+    max_new_tokens = check_number("max_new_tokens", max_new_tokens, int, 1, MAX_NEW_TOKENS_CAP)
+    temperature = check_number("temperature", temperature, float, 0, 5)  # 0: greedy
+    top_k = check_number("top_k", top_k, int, 0)  # 0: off
+    top_p = check_number("top_p", top_p, float, 0, 1)
+    if top_p == 0:
+        raise InputError("top_p must be above 0 (1 keeps every token)")
+    seed = check_seed(seed, optional=True)
+    top_n = check_number("top_n", top_n, int, 1, MAX_TOP_N)
     return DecodingOptions(max_new_tokens, temperature, top_k, top_p, seed, top_n, bool(chat))
 
 
@@ -113,7 +74,7 @@ class GenerationStats:
     forward_passes: int = 0
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
-    stopped_by: str = ""  # "eos", "max_new_tokens" or "cancelled"
+    stopped_by: str = ""  # "" while running, then "eos", "max_new_tokens" or "cancelled"
 
     @property
     def tokens_per_s(self) -> float:
@@ -151,19 +112,16 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 class TextGenerator:
     """Token-by-token generation with a KV cache, one forward pass per new token."""
 
-    def __init__(self, model, tokenizer, source: str = "", precision: str = "fp32"):
+    def __init__(self, model, tokenizer, report: Report | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.source = source
-        self.precision = precision  # what actually ran, in words
+        self.report = report  # what runs (models.Report)
 
     @classmethod
-    def load(cls, source: str | None = None, preset: str | None = None, precision: str | None = None) -> "TextGenerator":
-        """The preset's LLM with the precision option applied (see accel.py); shared per process."""
-        from .accel import default_llm_precision
-        from .presets import get_preset
-
-        return _shared_generator(source or get_preset(preset).llm, precision or default_llm_precision())
+    def load(cls, preset: Preset) -> "TextGenerator":
+        """The preset's LLM (loaded once per process, models.load_llm)."""
+        llm: LLM = load_llm(preset)
+        return cls(llm.model, llm.tokenizer, llm.report)
 
     def encode_prompt(self, prompt: str, chat: bool) -> torch.Tensor:
         if chat and self.tokenizer.chat_template:
@@ -180,7 +138,7 @@ class TextGenerator:
         stats: GenerationStats | None = None, **option_kwargs,
     ) -> Iterator[TokenStep]:
         """Yield one TokenStep per generated token. Pass `stats` to read timing afterwards."""
-        prompt = validate_prompt(prompt)
+        prompt = check_prompt(prompt)
         options = options or validate_options(**option_kwargs)
         stats = stats if stats is not None else GenerationStats()
         started = time.perf_counter()
@@ -192,7 +150,6 @@ class TextGenerator:
         stats.forward_passes = 1
         generated: list[int] = []
         text_so_far = ""
-        stats.stopped_by = "max_new_tokens"
         for index in range(options.max_new_tokens):
             logits = output.logits[0, -1].float().cpu()
             probs = logits.softmax(-1)
@@ -203,8 +160,13 @@ class TextGenerator:
                 token = int(torch.multinomial(filtered.softmax(-1), 1, generator=generator))
             top = torch.topk(probs, options.top_n)
             generated.append(token)
+            # Decode the whole sequence so far, never token by token: a character can span several
+            # byte-level tokens. A trailing "\ufffd" is a character still incomplete; it is held back
+            # until its last byte arrives (or the run ends), so no token ever shows half a character.
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            piece, text_so_far = text[len(text_so_far):], text
+            last = index + 1 == options.max_new_tokens or token in stop_ids
+            stable = text if last else text.rstrip("\ufffd")
+            piece, text_so_far = stable[len(text_so_far):], stable
             now = time.perf_counter() - started
             if index == 0:
                 stats.time_to_first_token_s = now
@@ -226,6 +188,7 @@ class TextGenerator:
                     use_cache=True,
                 )
                 stats.forward_passes += 1
+        stats.stopped_by = stats.stopped_by or "max_new_tokens"
         stats.total_s = time.perf_counter() - started
 
     def generate(self, prompt: str, **options) -> TextResult:
@@ -241,13 +204,3 @@ class TextGenerator:
             if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
                 ids.append(token_id)
         return ids
-
-
-@functools.lru_cache(maxsize=4)
-def _shared_generator(source: str, precision: str) -> TextGenerator:
-    from .accel import optimize_llm
-    from .hub import resolve_source
-
-    model, tokenizer = load_causal_lm(resolve_source(source))
-    model, ran = optimize_llm(model, precision)
-    return TextGenerator(model, tokenizer, source, ran)

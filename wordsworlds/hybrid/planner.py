@@ -6,8 +6,9 @@ or the end. At each choice the LLM scores every continuation the world's grammar
 only those can be chosen; the rest of the vocabulary is masked out. So even a 135M model
 always writes a renderable plan, and every choice comes with the model's probability.
 
-    >>> from wordsworlds.planner import ScenePlanner
-    >>> planner = ScenePlanner.load()
+    >>> from wordsworlds.hybrid.planner import ScenePlanner
+    >>> from wordsworlds.presets import get_preset
+    >>> planner = ScenePlanner.load(get_preset("tiny"))
     >>> plan = planner.plan("a sunset over the sea")      # doctest: +SKIP
     >>> plan.caption                                       # doctest: +SKIP
     'a large orange circle at the top and a large blue square at the bottom'
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .text import validate_prompt
-from .world.scene import (
+from ..errors import check_text
+from ..models import load_llm
+from ..presets import Preset
+from ..words.next_token import TextGenerator
+from ..world.scene import (
     COLOURS, MAX_OBJECTS, POSITION_PHRASES, POSITIONS, SHAPE_WORDS, SHAPES, SIZE_WORDS, SIZES, Scene, WorldObject,
     parse_objects,
 )
@@ -79,7 +83,7 @@ class Plan:
 
 
 def validate_idea(idea) -> str:
-    return validate_prompt(idea, MAX_IDEA_CHARS)
+    return check_text(idea, "the request", MAX_IDEA_CHARS)
 
 
 @dataclass
@@ -120,11 +124,10 @@ class ScenePlanner:
         self.model, self.tokenizer = model.eval(), tokenizer
 
     @classmethod
-    def load(cls, preset: str | None = None) -> "ScenePlanner":
-        from .text import TextGenerator
-
-        generator = TextGenerator.load(preset=preset)
-        return cls(generator.model, generator.tokenizer)
+    def load(cls, preset: Preset) -> "ScenePlanner":
+        """A planner on the preset's LLM (loaded once per process, models.load_llm)."""
+        llm = load_llm(preset)
+        return cls(llm.model, llm.tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -138,7 +141,7 @@ class ScenePlanner:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         idea = validate_idea(idea).strip().replace("\n", " ")
         prompt = FEW_SHOT.format(idea=idea + (f" ({feedback})" if feedback else ""))
-        prefix = torch.tensor([self._ids(prompt)])
+        prefix = torch.tensor([self._ids(prompt)], device=self.model.device)
         out = self.model(input_ids=prefix, use_cache=True)
         cache, last_logits = out.past_key_values, out.logits[0, -1]
         objects, choices = [], []
@@ -179,12 +182,12 @@ class ScenePlanner:
         token_lists = [self._ids(t) for t in texts]
         k, width = len(token_lists), max(len(t) for t in token_lists)
         pad = self.tokenizer.eos_token_id
-        batch = torch.tensor([t + [pad] * (width - len(t)) for t in token_lists])
+        batch = torch.tensor([t + [pad] * (width - len(t)) for t in token_lists], device=self.model.device)
         length = cache.get_seq_length()
-        first = last_logits.log_softmax(-1)
+        first = last_logits.float().log_softmax(-1).cpu()
         cache.batch_repeat_interleave(k)
         # Right padding cannot change earlier positions of a causal model, so no mask is needed.
-        logits = self.model(input_ids=batch, past_key_values=cache, use_cache=True).logits.log_softmax(-1)
+        logits = self.model(input_ids=batch, past_key_values=cache, use_cache=True).logits.float().log_softmax(-1).cpu()
         scores = []
         for i, tokens in enumerate(token_lists):
             score = first[tokens[0]].item()
@@ -197,8 +200,9 @@ class ScenePlanner:
         else:
             best = int(biased.argmax())
         cache.crop(-(cache.get_seq_length() - length))  # negative: how many tokens to drop
-        cache.batch_select_indices(torch.tensor([best]))
-        out = self.model(input_ids=torch.tensor([token_lists[best]]), past_key_values=cache, use_cache=True)
+        cache.batch_select_indices(torch.tensor([best], device=self.model.device))
+        out = self.model(input_ids=torch.tensor([token_lists[best]], device=self.model.device), past_key_values=cache,
+                         use_cache=True)
         return scores, out.past_key_values, out.logits[0, -1], best
 
 
@@ -232,12 +236,10 @@ def sanitize_prompt(text: str, tokenizer, fallback: str) -> str:
     return " ".join(words) or fallback
 
 
-def expand_idea(idea: str, tokenizer, generator=None) -> PromptPlan:
-    """Hub presets: the LLM writes a vivid one-sentence prompt for the idea, within the limit."""
-    from .text import TextGenerator
-
+def expand_idea(idea: str, tokenizer, generator: TextGenerator) -> PromptPlan:
+    """Hub presets: the LLM writes a vivid one-sentence prompt for the idea, within the limit of
+    the diffusion text encoder's `tokenizer`."""
     idea = validate_idea(idea)
-    generator = generator or TextGenerator.load()
     instruction = f"Write one vivid prompt for an image generator, a single sentence under 40 words, for: {idea}"
     text = generator.generate(instruction, max_new_tokens=64).text
     return PromptPlan(sanitize_prompt(text, tokenizer, fallback=idea))

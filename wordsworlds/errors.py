@@ -1,0 +1,83 @@
+"""Errors and input checks shared by every part: the bottom of the package, importing nothing of it.
+
+Every entry point (UI, API, CLI) checks its input with these before any model work, so the
+same value gets the same bounds and the same message everywhere: out of range is refused,
+never silently clamped.
+
+    >>> from wordsworlds.errors import InputError, check_number
+    >>> check_number("steps", 20, int, 1, 100)
+    20
+    >>> check_number("steps", 0, int, 1, 100)
+    Traceback (most recent call last):
+    ...
+    wordsworlds.errors.InputError: steps must be between 1 and 100, got 0
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000  # one limit for every prompt, words and worlds alike
+
+
+class InputError(ValueError):
+    """Input refused before any model work; the message is shown to the person as it is."""
+
+
+class ModelUnavailable(RuntimeError):
+    """A model the preset names cannot be loaded here (offline, a missing folder or package)."""
+
+
+class RenderError(RuntimeError):
+    """The model produced no usable image (NaN output)."""
+
+
+def check_text(value, what: str = "the prompt", max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """Non-empty text of at most `max_chars` characters."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise InputError(f"{what} is empty; type a few words")
+    if len(value) > max_chars:
+        raise InputError(f"{what} is {len(value):,} characters; the limit is {max_chars:,}")
+    return value
+
+
+def check_prompt(prompt) -> str:
+    """The prompt every engine reads: text of 1 to MAX_PROMPT_CHARS characters."""
+    return check_text(prompt, "the prompt", MAX_PROMPT_CHARS)
+
+
+def check_number(name: str, value, kind=float, low: float | None = None, high: float | None = None):
+    """A finite number (a whole one with kind=int) within [low, high]; booleans and text are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}")
+    if kind is int:
+        if float(value) != int(value):
+            raise InputError(f"{name} must be a whole number, got {value}")
+        value = int(value)
+    else:
+        value = float(value)
+    if low is not None and high is not None and not low <= value <= high:
+        raise InputError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    if low is not None and value < low:
+        raise InputError(f"{name} must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise InputError(f"{name} must be at most {high:g}, got {value:g}")
+    return value
+
+
+def check_seed(seed, optional: bool = False) -> int | None:
+    """A seed in 0..2**32-1; with `optional`, None or "" mean "no seed"."""
+    if optional and (seed is None or seed == ""):
+        return None
+    return check_number("seed", seed, int, 0, MAX_SEED)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+    return value
