@@ -22,9 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from wordsworlds.embed import explore, heatmap_figure, scatter_figure, word_sets  # noqa: E402
-from wordsworlds.embed_spaces import CACHE, SPACES, SpaceUnavailable, Sources, embed  # noqa: E402
-from wordsworlds.projection import project  # noqa: E402
+from wordsworlds.errors import ModelUnavailable  # noqa: E402
+from wordsworlds.explore.explorer import explore, word_sets  # noqa: E402
+from wordsworlds.explore.figures import heatmap_figure, scatter_figure  # noqa: E402
+from wordsworlds.explore.projection import project  # noqa: E402
+from wordsworlds.explore.spaces import CACHE, SPACES, Sources, embed  # noqa: E402
+from wordsworlds.presets import get_preset  # noqa: E402
 
 TARGET_WARM_S = 3.0
 
@@ -38,7 +41,7 @@ def timed(fn, *args, **kwargs):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=100)
-    parser.add_argument("--diffusion", help="diffusers folder (default: $WORDSWORLDS_DIFFUSION or the preset's)")
+    parser.add_argument("--diffusion", help="diffusers folder (default: the tiny preset's)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice); on a CPU "
                         "shared with another busy process, 1 avoids threads spin-waiting on each other")
     args = parser.parse_args(argv)
@@ -47,29 +50,30 @@ def main(argv=None) -> int:
 
     pool = [w for chosen in word_sets().values() for w in chosen["words"]]
     words = list(dict.fromkeys(pool))[: args.words]
-    sources = Sources.resolve(diffusion=args.diffusion)
-    print(f"{len(words)} words; diffusion: {sources.diffusion}; torch threads: {torch.get_num_threads()}")
+    preset = get_preset("tiny", **({"diffusion": args.diffusion} if args.diffusion else {}))
+    sources = Sources(preset)
+    print(f"{len(words)} words; diffusion: {preset.diffusion}; torch threads: {torch.get_num_threads()}")
     print(f"{'space':<14}{'dims':>7}{'first s':>9}{'cold s':>9}{'warm s':>9}{'pca s':>8}{'tsne s':>8}{'umap s':>8}")
     available = []
     for name in SPACES:
         try:
-            vectors, first = timed(embed, words, name, "", sources)
-        except SpaceUnavailable as error:
+            vectors, first = timed(embed, words, name, "", sources=sources)
+        except ModelUnavailable as error:
             print(f"{name:<14} skipped: {error}")
             continue
         available.append(name)
         CACHE.clear()
-        _, cold = timed(embed, words, name, "", sources)
-        _, warm = timed(embed, words, name, "", sources)
+        _, cold = timed(embed, words, name, "", sources=sources)
+        _, warm = timed(embed, words, name, "", sources=sources)
         seconds = [timed(project, vectors, method, 2)[1] for method in ("pca", "tsne", "umap")]
         print(f"{name:<14}{vectors.shape[1]:>7}{first:>9.2f}{cold:>9.2f}{warm:>9.4f}"
               + "".join(f"{s:>8.2f}" for s in seconds))
     if not available:
         return 1
     for name in available:  # fill the cache again (clear() above emptied the earlier spaces)
-        embed(words, name, "", sources)
-    _, explore_s = timed(explore, words, spaces=available, diffusion_source=sources.diffusion)
-    result, explore_s = timed(explore, words, spaces=available, diffusion_source=sources.diffusion)
+        embed(words, name, "", sources=sources)
+    _, explore_s = timed(explore, preset, words, spaces=available)
+    result, explore_s = timed(explore, preset, words, spaces=available)
     _, figures_s = timed(lambda: (scatter_figure(result), heatmap_figure(result)))
     _, tables_s = timed(lambda: (result.agreements(), result.rank_shifts(3), result.neighbours(words[0])))
     total = explore_s + figures_s + tables_s

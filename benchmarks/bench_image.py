@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
-from wordsworlds.image import ImageGenerator  # noqa: E402
-from wordsworlds.presets import SHAPES_WORLD  # noqa: E402
+from wordsworlds.presets import SHAPES_WORLD, get_preset  # noqa: E402
+from wordsworlds.worlds.diffusion import ImageGenerator  # noqa: E402
 
 PROMPT = "a large red circle on the left and a small blue square on the right"
 
@@ -43,23 +43,23 @@ def timed(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--weights", default=SHAPES_WORLD)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, guidance {args.guidance}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, guidance {args.guidance_scale}")
 
     plain = StableDiffusionPipeline.from_pretrained(args.weights)
     plain.set_progress_bar_config(disable=True)
-    engine = ImageGenerator.load(args.weights)
+    engine = ImageGenerator.load(get_preset("tiny", diffusion=args.weights))
     size = engine.native_size
     rows = [
         ("plain pipeline call (the talk's snippet)",
-         timed(lambda: plain(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance).images[0], args.repeats)),
+         timed(lambda: plain(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance_scale).images[0], args.repeats)),
         ("engine, streaming off",
-         timed(lambda: engine.render(PROMPT, steps=args.steps, guidance_scale=args.guidance, previews=False), args.repeats)),
+         timed(lambda: engine.render(PROMPT, steps=args.steps, guidance_scale=args.guidance_scale, previews=False), args.repeats)),
         ("engine, streaming on (x_t + x0 preview every step)",
-         timed(lambda: engine.render(PROMPT, steps=args.steps, guidance_scale=args.guidance, previews=True), args.repeats)),
+         timed(lambda: engine.render(PROMPT, steps=args.steps, guidance_scale=args.guidance_scale, previews=True), args.repeats)),
     ]
     base, off = rows[0][1], rows[1][1]
     print(f"\n{size}x{size} image, median of {args.repeats}")

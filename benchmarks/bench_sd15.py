@@ -47,7 +47,7 @@ from diffusers import (  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from wordsworlds.accel import DiffusionPolicy, apply_diffusion_policies, compile_unet  # noqa: E402
+from wordsworlds.accel import Accel, apply_diffusion_policies, compile_unet  # noqa: E402
 from wordsworlds.world.components import build_tokenizer  # noqa: E402
 
 PROMPT = "A robot coding on a laptop in space, digital art"  # the seed's prompt
@@ -163,9 +163,9 @@ def main() -> None:
         pipe.unet.set_attn_processor(AttnProcessor())
         run(f"classic attention ({dtype}, plain matmuls)")
         pipe.unet.set_attn_processor(default_processors)
-    # The optimized path one option at a time, each on top of the last (what DiffusionPolicy.fastest
+    # The optimized path one option at a time, each on top of the last (what the GPU speed-ups
     # turns on for CUDA; on a CPU it keeps the defaults, because of what these rows show there).
-    policy = DiffusionPolicy(device=device, channels_last=True)
+    policy = Accel(device=device, channels_last=True)
     steps = [("+ channels_last" + (", VAE in fp32" if device == "cuda" else ""), policy),
              ("+ fused QKV (SDPA)", replace(policy, fuse_qkv=True))]
     if importlib.util.find_spec("xformers"):

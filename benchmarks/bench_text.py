@@ -1,16 +1,20 @@
-"""Words engine benchmark: decode tokens/s, time to first token, start-up time.
+"""Words engine benchmark: speed and quality of each LLM precision option, against fp32 in the same run.
 
     python benchmarks/bench_text.py [--tokens 48] [--repeats 3]
 
-Baseline in the same run: plain `model.generate` in fp32 on the same model (what a user
-would write first). Then the engine's own token loop at each precision option.
-Targets (2-core CPU): decode >= 2x the baseline, first token < 0.3 s for a 30-token prompt,
-second start of the app to ready < 15 s.
+Speed: decode tokens/s and time to first token, for plain `model.generate` in fp32 (the
+baseline a user would write first) and for the engine's own token loop at each precision.
+Quality, beside every speed figure (a speed-up counts only at unchanged quality):
+- perplexity on held-out text the model never saw in this project (a few paragraphs below);
+- greedy agreement with fp32: the share of answer tokens that match fp32's, position by
+  position, over fixed chat prompts, and how many answers are identical.
+Plus the app's start-up time.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -23,12 +27,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from wordsworlds.accel import optimize_llm  # noqa: E402
-from wordsworlds.models import load_causal_lm  # noqa: E402
+from wordsworlds.models import load_llm  # noqa: E402
 from wordsworlds.presets import get_preset  # noqa: E402
-from wordsworlds.text import TextGenerator  # noqa: E402
+from wordsworlds.words.next_token import TextGenerator  # noqa: E402
 
 PROMPT_30 = ("Explain in simple words how a painter starts from a blank white canvas, sketches the main shapes, "
              "and then slowly adds colour and fine detail until the picture")
+CHAT_PROMPTS = [
+    "Name three colours.", "What is 2 plus 2?", "Which planet do we live on?", "Write one sentence about a cat.",
+    "a large red circle on the left and a small blue square on the right", "What is the capital of France?",
+    "Give me a word that rhymes with moon.", "How many legs does a spider have?",
+]
+HELD_OUT = [  # written for this benchmark: plain prose the model cannot have memorised
+    "The bakery on the corner opens before sunrise. By six the windows are fogged with steam, and the first "
+    "customers wait outside with their collars turned up against the wind, talking quietly about the weather.",
+    "A river does not run in a straight line. It bends around hard rock and cuts through soft ground, and over "
+    "many years the bends grow wider until the water finds a shorter path and leaves a quiet lake behind.",
+    "When the train stopped between two stations, nobody spoke at first. Then a child asked why the fields were "
+    "so green, and an old man began to explain how the spring rain had come early that year.",
+    "Learning to play an instrument takes patience. The first weeks are full of wrong notes, but slowly the "
+    "fingers remember where to go, and one evening a simple tune comes out exactly as it should.",
+]
 
 
 def bench_generate(model, tokenizer, tokens: int) -> tuple[float, float]:
@@ -49,11 +68,34 @@ def bench_engine(generator: TextGenerator, tokens: int) -> tuple[float, float]:
     return result.stats.tokens_per_s, result.stats.time_to_first_token_s
 
 
+@torch.inference_mode()
+def perplexity(model, tokenizer) -> float:
+    nll, count = 0.0, 0
+    for text in HELD_OUT:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        count += ids.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def answers(generator: TextGenerator, tokens: int) -> list[list[int]]:
+    return [[s.token_id for s in generator.generate(p, max_new_tokens=tokens).steps] for p in CHAT_PROMPTS]
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float, int]:
+    """(share of reference positions where the token matches, number of identical answers)."""
+    matched = total = 0
+    for a, b in zip(reference, other):
+        total += len(a)
+        matched += sum(x == y for x, y in zip(a, b))
+    return matched / total, sum(a == b for a, b in zip(reference, other))
+
+
 def app_start_seconds() -> float:
-    """Time for a fresh process to import the app and load every tiny model (caches warm)."""
-    code = ("import time; t=time.perf_counter(); import app; "
-            "from wordsworlds.text import TextGenerator; from wordsworlds.image import ImageGenerator; "
-            "TextGenerator.load(); ImageGenerator.load(); print(time.perf_counter()-t)")
+    """Time for a fresh process to import the app and load the tiny preset's models (caches warm)."""
+    code = ("import time; t=time.perf_counter(); import app; from wordsworlds.ui import warm_up; "
+            "warm_up(app.preset); print(time.perf_counter()-t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -62,24 +104,32 @@ def app_start_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--answer-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    model, tokenizer = load_causal_lm(get_preset("tiny").llm)
+    llm = load_llm(get_preset("tiny"))
+    model, tokenizer = llm.model, llm.tokenizer
     prompt_tokens = len(tokenizer(PROMPT_30).input_ids)
-    rows = []
     best = lambda runs: (max(r[0] for r in runs), min(r[1] for r in runs))  # noqa: E731
     baseline = best([bench_generate(model, tokenizer, args.tokens) for _ in range(args.repeats)])
-    rows.append(("model.generate, fp32 (baseline)", *baseline))
+    reference = answers(TextGenerator(model, tokenizer), args.answer_tokens)
+    rows = [("model.generate, fp32 (baseline)", *baseline, perplexity(model, tokenizer), 1.0, len(reference))]
     for precision in ("fp32", "bf16", "int8"):
         optimized, ran = optimize_llm(model, precision)
         generator = TextGenerator(optimized, tokenizer)
         bench_engine(generator, 4)  # warm-up
-        rows.append((f"engine, {ran}", *best([bench_engine(generator, args.tokens) for _ in range(args.repeats)])))
-    print(f"\n{args.tokens} new tokens, {prompt_tokens}-token prompt, best of {args.repeats}")
-    print(f"{'configuration':<72}{'decode tok/s':>13}{'x base':>8}{'first token s':>15}")
-    for name, tps, ttft in rows:
-        print(f"{name:<72}{tps:>13.1f}{tps / baseline[0]:>8.2f}{ttft:>15.3f}")
+        speed = best([bench_engine(generator, args.tokens) for _ in range(args.repeats)])
+        rows.append((f"engine, {ran}", *speed, perplexity(optimized, tokenizer),
+                     *agreement(reference, answers(generator, args.answer_tokens))))
+    print(f"\n{args.tokens} new tokens, {prompt_tokens}-token prompt, best of {args.repeats}; quality: perplexity on "
+          f"{len(HELD_OUT)} held-out paragraphs, greedy agreement with fp32 over {len(CHAT_PROMPTS)} chat prompts "
+          f"({args.answer_tokens} tokens each)")
+    print(f"{'configuration':<66}{'decode tok/s':>13}{'x base':>8}{'first tok s':>12}{'perplexity':>11}"
+          f"{'tokens = fp32':>14}{'answers = fp32':>15}")
+    for name, tps, ttft, ppl, share, same in rows:
+        print(f"{name:<66}{tps:>13.1f}{tps / baseline[0]:>8.2f}{ttft:>12.3f}{ppl:>11.2f}{share:>14.1%}"
+              f"{f'{same}/{len(CHAT_PROMPTS)}':>15}")
     starts = [app_start_seconds() for _ in range(2)]
     print(f"\napp start to ready (imports + tiny models), first and second run: "
           f"{starts[0]:.1f} s, {starts[1]:.1f} s")

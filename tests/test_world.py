@@ -47,16 +47,14 @@ def test_words_outside_the_world_parse_to_nothing():
     assert parse_caption("a sunset over the sea") is None
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"objects": []}, "1 to 3"),
-    ({"objects": [{"shape": "hexagon", "colour": "red", "size": "small", "position": "left"}]}, "unknown shape"),
-    ({"objects": [{"shape": "circle", "colour": "red"}]}, "lacks"),
-    ({"things": 1}, "scene spec"),
-    ([1, 2], "scene spec"),
+@pytest.mark.parametrize("build, message", [
+    (lambda: Scene(()), "1 to 3"),
+    (lambda: WorldObject("left", "hexagon", "red", "small"), "unknown shape"),
+    (lambda: WorldObject("upstairs", "circle", "red", "small"), "unknown position"),
 ])
-def test_malformed_scene_specs_get_a_clear_error(spec, message):
+def test_malformed_scenes_get_a_clear_error(build, message):
     with pytest.raises(SceneError, match=message):
-        Scene.from_dict(spec)
+        build()
 
 
 def test_checker_marks_the_wrong_category():

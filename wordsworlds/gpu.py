@@ -47,7 +47,7 @@ def _spaces():
     if not on_zero_gpu():
         return None
     try:
-        import spaces
+        import spaces  # an optional extra, present on ZeroGPU Spaces only
     except ImportError:
         warnings.warn(f"${ZERO_GPU_ENV} is set but the `spaces` package is not installed: running without ZeroGPU")
         return None

@@ -7,7 +7,7 @@ position along the line from one anchor word to another (0 at the first, 1 at th
 y (and z) the main directions of what is left over.
 
     >>> import numpy as np
-    >>> from wordsworlds.projection import project
+    >>> from wordsworlds.explore.projection import project
     >>> vectors = np.random.default_rng(0).normal(size=(6, 10)).astype("float32")
     >>> coords, notice, axes = project(vectors, "pca", dimensions=2)
     >>> coords.shape, notice, axes
@@ -20,6 +20,9 @@ import functools
 import warnings
 
 import numpy as np
+from scipy.stats import kendalltau, rankdata, spearmanr
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 PROJECTIONS = ("pca", "tsne", "umap", "anchors")
@@ -61,16 +64,12 @@ def _pad(coords: np.ndarray, dimensions: int) -> np.ndarray:
 
 
 def pca(vectors: np.ndarray, dimensions: int) -> np.ndarray:
-    from sklearn.decomposition import PCA
-
     components = min(dimensions, vectors.shape[0], vectors.shape[1])
     # svd_solver="full" and sklearn's sign convention (svd_flip) make the result deterministic.
     return _pad(PCA(n_components=components, svd_solver="full").fit_transform(vectors), dimensions)
 
 
 def tsne(vectors: np.ndarray, dimensions: int) -> np.ndarray:
-    from sklearn.manifold import TSNE
-
     perplexity = min(30.0, (len(vectors) - 1) / 3)  # perplexity must stay below the number of points
     return TSNE(n_components=dimensions, perplexity=perplexity, init="pca", random_state=SEED).fit_transform(vectors)
 
@@ -137,8 +136,6 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     spearman: rank correlation of the pairwise similarities (1: same order, 0: unrelated);
     flipped: the share of pairs-of-pairs whose order flips, (1 - Kendall's tau) / 2.
     """
-    from scipy.stats import kendalltau, spearmanr
-
     upper = np.triu_indices(len(a), 1)
     x, y = a[upper], b[upper]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -150,8 +147,6 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
 @one_thread
 def rank_shifts(a: np.ndarray, b: np.ndarray, words: list[str], k: int = 5) -> list[dict]:
     """The word pairs whose closeness rank moves most between two spaces (1 = the closest pair)."""
-    from scipy.stats import rankdata
-
     upper = np.triu_indices(len(a), 1)
     x, y = a[upper], b[upper]
     rank_a, rank_b = rankdata(-x, method="min"), rankdata(-y, method="min")

@@ -121,7 +121,7 @@ def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, 
         round_started = time.perf_counter()
         prompt = plan.caption if plan else idea
         target = requested or (plan.scene if plan else None)
-        # The first round renders the caption as a whole: on hybrid_eval's 70 descriptions that
+        # The first round renders the caption as a whole: on hybrid/evaluate.py's 70 descriptions that
         # passed 0.957 (guidance 5), region by region at best 0.81 (guidance 2; a phrase alone
         # loses its context). A redraw goes region by region, around what is kept.
         if layout:

@@ -35,7 +35,7 @@ MAX_IDEA_CHARS = 500
 AVOID_PENALTY = math.log(0.05)
 FOLLOW_BONUS = math.log(100.0)
 # Counting is what a 135M model copies worst: with a bonus of 100 it still ended 4 of 70
-# three-object descriptions after two objects (hybrid_eval's set), so "and a" / "." follow
+# three-object descriptions after two objects (hybrid/evaluate.py's set), so "and a" / "." follow
 # the description far more strongly than the attributes do.
 COUNT_BONUS = math.log(1e4)
 MENTION_BONUS = math.log(5.0)

@@ -15,7 +15,7 @@ SD 1.5.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -41,9 +41,6 @@ class ModelConfig:
     text_layers: int = 3
     text_heads: int = 4
     max_tokens: int = 40  # the miniature text encoder's limit (CLIP's is 77)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .scene import Scene
@@ -52,8 +51,3 @@ def draw_scene(scene: Scene, size: int = IMAGE_SIZE, rng: random.Random | None =
         else:
             pen.polygon([(cx, cy - r * 1.05), (cx - r * 1.05, cy + r * 0.85), (cx + r * 1.05, cy + r * 0.85)], fill=colour)
     return image
-
-
-def to_array(image: Image.Image) -> np.ndarray:
-    """uint8 HWC array of an RGB image."""
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)

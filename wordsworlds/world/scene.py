@@ -85,21 +85,6 @@ class Scene:
     def to_dict(self) -> dict:
         return {"objects": [asdict(o) for o in self.objects]}
 
-    @classmethod
-    def from_dict(cls, data) -> "Scene":
-        """Build a scene from plain data (e.g. JSON); malformed specs raise SceneError."""
-        if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
-            raise SceneError('a scene spec is a dict like {"objects": [{"shape": ..., "colour": ..., "size": ..., "position": ...}]}')
-        objects = []
-        for item in data["objects"]:
-            if not isinstance(item, dict):
-                raise SceneError(f"each object is a dict, got {type(item).__name__}")
-            missing = {"shape", "colour", "size", "position"} - set(item)
-            if missing:
-                raise SceneError(f"object {item} lacks {', '.join(sorted(missing))}")
-            objects.append(WorldObject(**{k: str(item[k]) for k in ("position", "shape", "colour", "size")}))
-        return cls(tuple(objects))
-
 
 def random_scene(rng: random.Random, max_objects: int = MAX_OBJECTS, held_out: str = "exclude") -> Scene:
     """A random scene. held_out: "exclude" (training), "only" (at least one held-out pair), "any"."""

@@ -160,10 +160,6 @@ class ImageGenerator:
     def native_size(self) -> int:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
-    @property
-    def token_limit(self) -> int:
-        return self.pipe.tokenizer.model_max_length
-
     def stream(self, prompt: str, options: RenderOptions | None = None, should_stop: Callable[[], bool] | None = None,
                **option_kwargs) -> Iterator[StepFrame | RenderResult]:
         """Yield a StepFrame per denoising step, then the RenderResult."""
