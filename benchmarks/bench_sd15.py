@@ -89,7 +89,7 @@ def build_pipeline() -> StableDiffusionPipeline:
     )
 
 
-def render(pipe, size: int, steps: int, guidance: float, device: str) -> tuple[float, float, bool]:
+def render(pipe, size: int, steps: int, guidance_scale: float, device: str) -> tuple[float, float, bool]:
     """(steps per second over the denoising loop, seconds for the whole call, finite output)."""
     marks = []
 
@@ -102,7 +102,7 @@ def render(pipe, size: int, steps: int, guidance: float, device: str) -> tuple[f
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    images = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+    images = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale,
                   generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step_end, output_type="np").images
     if device == "cuda":
         torch.cuda.synchronize()
@@ -113,9 +113,9 @@ def render(pipe, size: int, steps: int, guidance: float, device: str) -> tuple[f
     return its, total, bool(np.isfinite(images).all())
 
 
-def measure(pipe, size, steps, guidance, device, repeats) -> tuple[float, float, bool]:
-    render(pipe, size, 2 if device == "cuda" else 1, guidance, device)  # warm-up: kernels chosen, caches filled, compiles done
-    runs = [render(pipe, size, steps, guidance, device) for _ in range(repeats)]
+def measure(pipe, size, steps, guidance_scale, device, repeats) -> tuple[float, float, bool]:
+    render(pipe, size, 2 if device == "cuda" else 1, guidance_scale, device)  # warm-up: kernels chosen, caches filled, compiles done
+    runs = [render(pipe, size, steps, guidance_scale, device) for _ in range(repeats)]
     return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), all(r[2] for r in runs))
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512 if cuda else 128)
     parser.add_argument("--steps", type=int, default=50 if cuda else 4)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--few-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3 if cuda else 1)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row (slow first call)")
@@ -143,7 +143,7 @@ def main() -> None:
     hardware = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     dtype = "fp16" if device == "cuda" else "fp32"
     print(f"SD 1.5 architecture, random weights (built in {built:.0f} s); {hardware}; torch {torch.__version__}")
-    print(f"{args.size}x{args.size}, batch 1; full: {args.steps} steps, guidance {args.guidance:g}, PNDM; "
+    print(f"{args.size}x{args.size}, batch 1; full: {args.steps} steps, guidance {args.guidance_scale:g}, PNDM; "
           f"few-step: {args.few_steps} steps, guidance 0, Euler trailing; median of {args.repeats}\n")
 
     pndm = pipe.scheduler
@@ -151,7 +151,7 @@ def main() -> None:
     rows = []
 
     def run(name: str) -> None:
-        for label, scheduler, steps, guidance in (("full", pndm, args.steps, args.guidance),
+        for label, scheduler, steps, guidance in (("full", pndm, args.steps, args.guidance_scale),
                                                   ("few-step", euler, args.few_steps, 0.0)):
             pipe.scheduler = scheduler
             its, seconds, finite = measure(pipe, args.size, steps, guidance, device, args.repeats)
