@@ -195,7 +195,7 @@ def test_cli_rejects_bad_input_with_exit_code_2(capsys):
 
 
 def test_tab_answers_over_http(app_client):
-    outputs = app_client.predict(", ".join(ANIMALS), "", ["minilm"], "pca", 2, "", "", "puppy", None,
+    outputs = app_client.predict(", ".join(ANIMALS), "", ["minilm"], "pca", 2, "", "", "puppy", "",
                                       api_name="/embed_words")
     scatter, heatmap, neighbours, agreement_table, shifts, gallery, notes = outputs
     assert neighbours["data"][0][:3] == ["minilm", 1, "dog"]  # puppy's nearest
@@ -207,4 +207,22 @@ def test_tab_reports_bad_input_over_http(app_client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="no words given"):
-        app_client.predict("", "", ["minilm"], "pca", 2, "", "", "", None, api_name="/embed_words")
+        app_client.predict("", "", ["minilm"], "pca", 2, "", "", "", "", api_name="/embed_words")
+
+
+def test_words_outside_the_world_are_flagged_when_they_render_blank():
+    result = explore(TINY, "dog, puppy, cat, red circle, blue square", spaces=["image_latents"])
+    blank = [n for n in result.notices if "empty canvas" in n]
+    assert len(blank) == 1 and blank[0].startswith("dog, puppy, cat render")
+    assert "circle" not in blank[0]
+
+
+def test_a_blank_layer_means_the_middle_one_as_text_or_none():
+    from wordsworlds.explore.explorer import parse_layer
+
+    assert parse_layer("") is None and parse_layer(None) is None and parse_layer(" 7 ") == 7 and parse_layer(3) == 3
+    default = explore(TINY, ANIMALS, spaces=["llm_hidden"]).similarity["llm_hidden"]
+    np.testing.assert_array_equal(explore(TINY, ANIMALS, spaces=["llm_hidden"], llm_layer="").similarity["llm_hidden"],
+                                  default)
+    with pytest.raises(InputError, match="whole number"):
+        parse_layer("middle")

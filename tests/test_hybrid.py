@@ -122,3 +122,19 @@ def test_hub_prompt_expansion_is_sanitized_and_fits_the_token_limit():
     assert sanitize_prompt("\n\n", tokenizer, fallback="a sunset") == "a sunset"
     fake = SimpleNamespace(generate=lambda *a, **k: SimpleNamespace(text="A golden sun sinks into a calm sea."))
     assert expand_idea("a sunset", tokenizer, fake).caption.startswith("A golden sun")
+
+
+def test_a_plan_for_an_undrawable_idea_never_shows_as_a_bare_pass():
+    from wordsworlds.ui.hybrid import round_markdown
+
+    round_ = next(run_hybrid(TINY, "a sunset over the sea", rounds=1))
+    relation = round_.relation
+    assert relation.checked_against == "plan"
+    assert relation.similarity is not None and -1 <= relation.similarity <= 1
+    assert "sunset" in relation.not_drawable and "sea" in relation.not_drawable
+    text = round_markdown(round_)
+    assert "against the plan" in text and "cannot draw: sunset, sea" in text
+    assert "**PASS**:" not in text  # never a PASS without saying against what
+    direct = next(run_hybrid(TINY, DIRECT, rounds=1))
+    assert direct.relation.checked_against == "request" and direct.relation.not_drawable == ()
+    assert "against your request" in round_markdown(direct)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import run_cli
 from wordsworlds.errors import InputError, check_prompt
@@ -102,3 +104,43 @@ def test_words_endpoint_answers_through_gradio_client(app_client):
         app_client.predict(PROMPT, 6, -1, 0, 1, 0, api_name="/generate_text")
     with pytest.raises(Exception, match="max_new_tokens|maximum"):
         app_client.predict(PROMPT, 10_000, 0, 0, 1, 0, api_name="/generate_text")
+
+
+class _ScriptedModel(torch.nn.Module):
+    """Stands in for the LLM: emits the given token ids in order (logits peaked on each), so the
+    engine's detokenizing can be tested on text that splits characters over several tokens."""
+
+    def __init__(self, script: list[int], vocab: int):
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.device = self.anchor.device
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
+        logits = torch.full((1, input_ids.shape[1], self.vocab), -30.0)
+        logits[0, -1, self.script[min(self.calls, len(self.script) - 1)]] = 30.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+@pytest.mark.parametrize("text", ["Café au lait 🎨🙂", "naïve résumé — ½ ✓", "日本語のテキスト"])
+def test_characters_split_over_tokens_show_whole_never_as_replacement_marks(text_generator, text):
+    from wordsworlds.words.next_token import TextGenerator
+
+    tokenizer = text_generator.tokenizer
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # the case in point: some tokens are partial bytes
+    engine = TextGenerator(_ScriptedModel(ids + [tokenizer.eos_token_id], len(tokenizer)), tokenizer)
+    result = engine.generate("Say it.", max_new_tokens=len(ids) + 1, chat=False)
+    assert result.text == text
+    assert all("\ufffd" not in step.text for step in result.steps)
+    assert all("\ufffd" not in label for step in result.steps for label, _ in step.top)
+    assert result.steps[-1].end and result.steps[-1].text == ""
+
+
+def test_the_default_answers_keep_the_full_precision_model_quality(text_generator):
+    """The default precision answers as the model does (int8 made "What is 2 plus 2?" answer "2")."""
+    assert text_generator.report.dtype == "fp32"
+    answer = text_generator.generate("What is 2 plus 2?", max_new_tokens=16).text
+    assert "4" in answer or "four" in answer.lower()
+    assert "\ufffd" not in text_generator.generate(PROMPT, max_new_tokens=24).text

@@ -121,3 +121,12 @@ def test_the_scene_probe_reads_only_end_of_text_states_of_captioned_rows():
     assert touched.tolist() == [[False, False, False, True, True], [False] * 5]
     # No captioned row at all (a batch of dropped captions): no loss, and no error.
     assert probe.loss(states, ids, eos, labels, has_scene=torch.tensor([False, False])).item() == 0.0
+
+
+def test_words_outside_the_world_are_named():
+    from wordsworlds.world.scene import outside_words, world_note
+
+    assert outside_words("a sunset over the sea") == ["sunset", "sea"]
+    assert outside_words("a big red disc in the middle and a small box on top") == []
+    assert "sunset, sea" in world_note("a sunset over the sea") and "shapes world" in world_note("a dog")
+    assert world_note("a large red circle on the left") == ""

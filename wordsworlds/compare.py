@@ -65,10 +65,13 @@ def run_side_by_side(
         stop.set()  # a consumer that leaves early (cancel) stops both engines
 
 
-def timeline_row(side: str, item) -> list | None:
-    """One row of the shared timeline: [what, index, elapsed s, detail]."""
+def timeline_row(item, elapsed_s: float) -> list | None:
+    """One row of the shared timeline: [what, index, seconds since the run began, detail].
+
+    `elapsed_s` is read by the consumer on one clock as each event arrives, so the rows are in
+    time order by construction (each engine's own clock starts at a different moment)."""
     if isinstance(item, TokenStep):
-        return ["token", item.index + 1, round(item.elapsed_s, 3), f"{item.text!r} p={item.prob:.2f}"]
+        return ["token", item.index + 1, round(elapsed_s, 3), f"{item.text!r} p={item.prob:.2f}"]
     if isinstance(item, StepFrame):
-        return ["step", item.step, round(item.elapsed_s, 3), f"t={item.timestep:.0f} of {item.total_steps} steps"]
+        return ["step", item.step, round(elapsed_s, 3), f"t={item.timestep:.0f} of {item.total_steps} steps"]
     return None

@@ -26,12 +26,13 @@ import numpy as np
 from ..errors import InputError, ModelUnavailable
 from ..presets import Preset
 from . import projection as proj
-from .spaces import SPACES, Sources, count_cached, embed
+from .spaces import SPACES, Sources, count_cached, embed, rendered_images
 
 MAX_WORDS = 500
 MAX_WORD_CHARS = 200
 MAX_INPUT_CHARS = MAX_WORDS * (MAX_WORD_CHARS + 2)
 DEFAULT_SPACES = ("minilm", "llm_hidden", "clip_text", "image_latents")
+BLANK_STD = 8.0  # grey levels of spread: an empty canvas measured 5.3, a small blue square 19.4
 WORD_SETS_FILE = Path(__file__).resolve().parents[2] / "examples" / "word_sets.json"
 
 
@@ -74,6 +75,20 @@ def validate_template(template) -> str:
     if template and template.count("{}") != 1:
         raise InputError("the template must contain {} exactly once, where each word goes (e.g. 'a photo of a {}')")
     return template.strip()
+
+
+def parse_layer(llm_layer) -> int | None:
+    """None (the middle layer) for None or blank text; else a whole number (text "7" is 7)."""
+    if llm_layer is None or (isinstance(llm_layer, str) and not llm_layer.strip()):
+        return None
+    if isinstance(llm_layer, str):
+        try:
+            llm_layer = float(llm_layer.strip())
+        except ValueError:
+            raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}") from None
+    if isinstance(llm_layer, bool) or not isinstance(llm_layer, (int, float)) or int(llm_layer) != llm_layer:
+        raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}")
+    return int(llm_layer)
 
 
 def validate_spaces(spaces) -> list[str]:
@@ -158,16 +173,13 @@ def explore(preset: Preset, words, template: str = "", spaces=DEFAULT_SPACES, pr
             raise InputError(f"custom axes need two anchor words of 1 to {MAX_WORD_CHARS} characters (e.g. small → large)")
         if anchors[0] == anchors[1]:
             raise InputError("the two anchor words must differ")
-    if llm_layer in ("", None):
-        llm_layer = None
-    elif isinstance(llm_layer, bool) or not isinstance(llm_layer, (int, float)) or int(llm_layer) != llm_layer:
-        raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}")
+    llm_layer = parse_layer(llm_layer)
     highlight = " ".join(str(highlight or "").split())
     if highlight and highlight not in words:
         notices.append(f"'{highlight}' is not among the words; highlighting '{words[0]}'")
     highlight = highlight if highlight in words else words[0]
 
-    sources = Sources(preset, None if llm_layer is None else int(llm_layer))
+    sources = Sources(preset, llm_layer)
     result = Exploration(words, projection, dimensions, highlight, template, sources, notices=notices)
     failures = []
     for space in spaces:
@@ -187,6 +199,14 @@ def explore(preset: Preset, words, template: str = "", spaces=DEFAULT_SPACES, pr
         result.similarity[space] = proj.cosine_matrix(vectors[: len(words)])
         result.seconds[space], result.cached[space] = time.perf_counter() - started, cached
     result.notices += [f"skipped {f}" for f in failures]
+    if "image_latents" in result.spaces:
+        blank = [w for w, image in zip(words, rendered_images(words, template, sources))
+                 if image is not None and float(image.std()) < BLANK_STD]
+        if blank:
+            result.notices.append(
+                f"{', '.join(blank)} {'renders' if len(blank) == 1 else 'render'} as an empty canvas: the diffusion "
+                "model draws only what it was trained on, so in the image-latents space "
+                f"{'that word sits' if len(blank) == 1 else 'these words sit'} at one point, whatever they mean")
     if not result.spaces:
         raise ModelUnavailable("; ".join(failures))
     return result

@@ -14,8 +14,13 @@ from .explorer import Exploration
 from .spaces import SPACES
 
 
+# Label positions taken in turn, so neighbouring words do not print on top of each other.
+LABEL_POSITIONS = ("top center", "bottom center", "middle right", "middle left")
+
+
 def _grid(count: int) -> tuple[int, int]:
-    cols = min(count, 3)
+    # At most two panels a row: three made thin columns on a phone.
+    cols = min(count, 2)
     return -(-count // cols), cols
 
 
@@ -36,7 +41,9 @@ def scatter_figure(result: Exploration) -> go.Figure:
         hover = "<b>%{text}</b><br>" + "<br>".join(f"{a}: %{{{k}:.3f}}" for a, k in zip(axes, "xyz")) + "<extra></extra>"
         trace, symbol = (go.Scatter3d, "diamond") if three else (go.Scatter, "star")
         coords = {k: xyz[:, i] for i, k in enumerate("xyz"[: result.dimensions])}
-        fig.add_trace(trace(**coords, text=result.words, mode=labels, textposition="top center", hovertemplate=hover,
+        positions = [LABEL_POSITIONS[i % len(LABEL_POSITIONS)] for i in range(len(result.words))]
+        fig.add_trace(trace(**coords, text=result.words, mode=labels, textposition=positions if not three else "top center",
+                            textfont=dict(size=11), hovertemplate=hover,
                             marker=dict(size=5 if three else 9, color=colour, colorscale="Viridis", showscale=False),
                             showlegend=False), row=row, col=col)
         fig.add_trace(trace(**{k: v[mark : mark + 1] for k, v in coords.items()}, text=[result.highlight],

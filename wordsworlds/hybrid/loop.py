@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from PIL import Image
 
@@ -22,7 +22,7 @@ from ..models import load_sentence_encoder
 from ..presets import Preset
 from ..words.next_token import TextGenerator
 from ..world.checker import CheckResult, check
-from ..world.scene import Scene, parse_caption
+from ..world.scene import Scene, outside_words, parse_caption
 from ..worlds.diffusion import ImageGenerator, validate_render_options
 from ..worlds.layout import render_layout, repaint_mask
 from .describe import describe
@@ -69,13 +69,45 @@ class Round:
     description: str
     check: CheckResult
     seconds: float
+    relation: PlanRelation  # what the check is against, and how the rendered prompt relates to the request
 
     def to_dict(self) -> dict:
         return {
             "round": self.index, "action": self.action, "prompt": self.prompt, "seed": self.seed,
             "guidance_scale": self.guidance_scale, "plan": self.plan.to_dict() if self.plan else None,
             "description": self.description, "check": self.check.to_dict(), "seconds": round(self.seconds, 3),
+            "relation": asdict(self.relation),
         }
+
+
+@dataclass(frozen=True)
+class PlanRelation:
+    """A pass means the picture matches `checked_against`; this says, separately and plainly, how
+    what was rendered relates to the person's request, so a plan unrelated to the request never
+    shows as a bare pass."""
+
+    checked_against: str  # "request" (it is a scene: checked as asked), "plan", or "" (nothing to check)
+    similarity: float | None  # the meaning encoder's cosine of request and rendered prompt (None: the same text)
+    not_drawable: tuple[str, ...]  # words of the request the world has no meaning for
+
+    def summary(self) -> str:
+        if self.checked_against == "request":
+            return "checked against your request itself"
+        parts = ["checked against the plan, not your request"] if self.checked_against == "plan" else []
+        if self.similarity is not None:
+            parts.append(f"the plan is {self.similarity:.2f} similar in meaning to your request (1 = the same)")
+        if self.not_drawable:
+            parts.append(f"this world cannot draw: {', '.join(self.not_drawable)}")
+        return "; ".join(parts)
+
+
+def relate(preset: Preset, idea: str, prompt: str, checked_against: str) -> PlanRelation:
+    similarity = None
+    if prompt != idea:
+        vectors = load_sentence_encoder(preset).model.encode([idea, prompt], normalize_embeddings=True)
+        similarity = round(float(vectors[0] @ vectors[1]), 4)
+    not_drawable = tuple(outside_words(idea)) if preset.shapes_world and checked_against != "request" else ()
+    return PlanRelation(checked_against, similarity, not_drawable)
 
 
 def unchecked(reason: str) -> CheckResult:
@@ -136,8 +168,12 @@ def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, 
             verdict = checker(target, seen)
         else:
             verdict = unchecked("the request names no shapes-world scene to check")
+        if requested is not None or (not shapes_world and prompt == idea):
+            against = "request"
+        else:
+            against = "plan" if (target is not None or not shapes_world) else ""
         yield Round(index, action, prompt, plan, target, seed, guidance, result.image, seen, description, verdict,
-                    time.perf_counter() - round_started)
+                    time.perf_counter() - round_started, relate(preset, idea, prompt, against))
         if verdict.passed or not options.refine or (shapes_world and target is None):
             return
         if time.perf_counter() - started > options.max_seconds:

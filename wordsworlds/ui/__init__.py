@@ -22,9 +22,19 @@ from .side_by_side import WordsVsWorldsTab
 TITLE = "From Words to Worlds"
 CSS = """
 .ww-header {text-align: center}
+.ww-header h1 {margin: 0.2em 0 0 0}
+.ww-header p {margin: 0.2em 0}
 footer {display: none !important}
 /* The miniature model paints 64x64: show it large enough for a phone, with crisp pixels. */
 .ww-pixels img {image-rendering: pixelated; width: 100% !important; height: 100% !important; object-fit: contain}
+/* Phones: the three pictures stay on one row, so picture and text share the first screen. */
+.ww-images {flex-wrap: nowrap !important}
+.ww-images > * {min-width: 0 !important}
+.ww-caption p, .ww-meter p {margin: 0.2em 0}
+@media (max-width: 640px) {
+  .ww-header p, .ww-intro {font-size: 0.85em}
+  .gradio-container {padding-left: 6px !important; padding-right: 6px !important}
+}
 """
 
 
@@ -41,18 +51,18 @@ def build_demo(preset: Preset) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
             f"# {TITLE}\n"
-            "How a language model and a diffusion model differ, and how they work together. "
-            f"Preset **{preset.name}** ({preset.hardware}).",
+            "How a language model and a diffusion model differ, and how they work together.",
             elem_classes="ww-header",
         )
-        with gr.Accordion("Running on", open=False):
-            report = gr.Markdown()
+        # Short tab names: all three fit a phone's width, one tap each.
         with gr.Tab("Words vs worlds"):
             WordsVsWorldsTab(preset).build()
-        with gr.Tab("Embedding explorer"):
+        with gr.Tab("Embeddings"):
             ExplorerTab(preset).build()
-        with gr.Tab("Hybrid pipeline"):
+        with gr.Tab("Hybrid"):
             HybridTab(preset).build()
+        with gr.Accordion(f"Running on: preset {preset.name} ({preset.hardware})", open=False):
+            report = gr.Markdown()
         demo.load(lambda: running_on(preset), outputs=report, api_visibility="private")
     return demo
 

@@ -60,7 +60,7 @@ class ExplorerTab:
     @on_gpu(duration=120)
     def embed_words(self, words: str, template: str = "", spaces: list[str] | None = None, projection: str = "pca",
                     dimensions: int = 2, anchor_from: str = "", anchor_to: str = "", highlight: str = "",
-                    llm_layer: float | None = None):
+                    llm_layer: str = ""):
         """Place words in each space: (scatter, similarity heatmap, neighbours of the highlighted word,
         agreement between spaces, pairs that move most, rendered images, notes)."""
         with user_errors():
@@ -129,25 +129,29 @@ class ExplorerTab:
             with gr.Row():
                 anchor_from = gr.Textbox(label="Axis from", placeholder="small")
                 anchor_to = gr.Textbox(label="Axis to", placeholder="large")
-                llm_layer = gr.Number(value=None, precision=0, label="LLM layer (empty: the middle one)")
+                # Text, not a number box: an empty number box turns into 0 (the first layer) when shown.
+                llm_layer = gr.Textbox(value="", label="LLM layer (empty: the middle one)", placeholder="middle")
         notes = gr.Markdown(label="Notes")
-        scatter = gr.Plot(label="Where the words land (colour: order along the first panel's x axis)")
+        gr.Markdown("**Where the words land** (colour: order along the first panel's x axis)")
+        scatter = gr.Plot(show_label=False)
         with gr.Row():
             neighbours = gr.Dataframe(label="Nearest neighbours of the highlighted word", interactive=False)
             agreement = gr.Dataframe(label="Where the spaces disagree: rank agreement of all pair similarities",
                                      interactive=False)
         shifts = gr.Dataframe(label="Pairs whose closeness rank moves most between spaces", interactive=False)
-        heatmap = gr.Plot(label="Cosine similarity")
-        gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=8, height=260)
+        gr.Markdown("**Cosine similarity**")
+        heatmap = gr.Plot(show_label=False)
+        gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=4,
+                             height="auto", object_fit="contain", elem_classes="ww-pixels")
         with gr.Accordion("Tokenizers: how each model splits the words", open=False):
             tokens = gr.Dataframe(label="Tokenizers", interactive=False, wrap=True)
 
         inputs = [words, template, spaces, projection, dimensions, anchor_from, anchor_to, highlight, llm_layer]
         outputs = [scatter, heatmap, neighbours, agreement, shifts, gallery, notes]
-        run.click(self.embed_words, inputs=inputs, outputs=outputs, concurrency_limit=2).success(
-            list_words, inputs=[words, highlight], outputs=[highlight], api_visibility="private"
-        )
-        run.click(self.tokenize_words, inputs=[words, template], outputs=[tokens], concurrency_limit=2)
+        # One chain per click: a bad input is reported once, by embed_words, not again by each follower.
+        embedded = run.click(self.embed_words, inputs=inputs, outputs=outputs, concurrency_limit=2)
+        embedded.success(list_words, inputs=[words, highlight], outputs=[highlight], api_visibility="private")
+        embedded.success(self.tokenize_words, inputs=[words, template], outputs=[tokens], concurrency_limit=2)
         for control in (projection, dimensions, highlight):  # redraw from the cache on a change of view
             control.input(self.embed_words, inputs=inputs, outputs=outputs, api_visibility="private", concurrency_limit=2)
         word_set.input(choose_set, inputs=[word_set], outputs=[words, template, about], api_visibility="private")

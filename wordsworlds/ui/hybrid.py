@@ -33,15 +33,25 @@ def plan_table(plan) -> list[list]:
             for c in plan.choices]
 
 
+def verdict_label(round_) -> str:
+    """PASS or miss, always saying against what: a plan can pass while the request was never drawable."""
+    against = round_.relation.checked_against
+    if not against:
+        return "not checked"
+    return f"{'**PASS**' if round_.check.passed else 'miss'} against {'your request' if against == 'request' else 'the plan'}"
+
+
 def round_markdown(round_) -> str:
     verdict = round_.check
     marks = " · ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in verdict.checks.items()) or "nothing to check"
     findings = "".join(f"\n  - {f}" for f in verdict.findings)
+    relation = round_.relation.summary()
     return (
         f"**Round {round_.index}** ({round_.seconds:.1f} s): {round_.action}\n\n"
         f"- rendered: *{round_.prompt}* (seed {round_.seed}, guidance {round_.guidance_scale:g})\n"
         f"- the describer read: *{round_.description}*\n"
-        f"- score **{verdict.score:.2f}** {'**PASS**' if verdict.passed else 'miss'}: {marks}{findings}"
+        f"- score **{verdict.score:.2f}**, {verdict_label(round_)}: {marks}{findings}"
+        + (f"\n- {relation}" if relation else "")
     )
 
 
@@ -61,7 +71,8 @@ class HybridTab:
             gallery, trace, scores, labels = [], [], [], []
             choices = []
             for round_ in loop.run_hybrid(self.preset, idea, options):
-                gallery.append((round_.image, f"round {round_.index}: {round_.check.score:.2f}"))
+                against = {"request": "vs request", "plan": "vs plan"}.get(round_.relation.checked_against, "")
+                gallery.append((round_.image, f"round {round_.index}: {round_.check.score:.2f} {against}".strip()))
                 trace.append(round_markdown(round_))
                 scores.append(round_.check.score)
                 labels.append(round_.prompt)
@@ -93,7 +104,7 @@ class HybridTab:
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Rounds", columns=5, height="auto", object_fit="contain", elem_classes="ww-pixels")
+                gallery = gr.Gallery(label="Rounds", columns=3, height="auto", object_fit="contain", elem_classes="ww-pixels")
                 trace = gr.Markdown()
             with gr.Column(scale=1):
                 chart = gr.Plot(label="Score per round")

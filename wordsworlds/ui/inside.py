@@ -33,6 +33,14 @@ class InsideDiffusion:
             note += f" The last **{len(tokens) - limit}** are cut: the model never sees them."
         return shaded, note
 
+    def preview_tokens(self, prompt: str):
+        """diffusion_tokens as the prompt is typed: an empty or too long prompt shows nothing, with
+        no error toast (the Run buttons say what is wrong)."""
+        try:
+            return self.diffusion_tokens(prompt)
+        except gr.Error:
+            return [], ""
+
     @on_gpu(duration=120)
     def explore_noise(self, image, timestep: int = 500, seed: int = 0):
         """Noise an image to timestep t (forward process) and let the model guess it back in one step."""
@@ -49,7 +57,7 @@ class InsideDiffusion:
                                             color_map={"kept": "#9ae6b4", "cut": "#cbd5e0"}, show_legend=True)
                 note = gr.Markdown()
             gr.Button("Tokenize", size="sm").click(self.diffusion_tokens, prompt, [tokens, note])
-            prompt.change(self.diffusion_tokens, prompt, [tokens, note], api_visibility="private",
+            prompt.change(self.preview_tokens, prompt, [tokens, note], api_visibility="private",
                           trigger_mode="always_last")
             gr.Markdown("**Noising vs denoising.** Training adds noise to an image up to step *t*; the model learns "
                         "to guess the clean image back. Move *t* and watch both.")

@@ -7,6 +7,7 @@ Handlers are generators: each `yield` is one frame the browser shows. Three endp
 from __future__ import annotations
 
 import random
+import time
 
 import gradio as gr
 
@@ -14,6 +15,7 @@ from ..compare import run_side_by_side, timeline_row
 from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
+from ..world.scene import world_note
 from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options
 from ..worlds.diffusion import (
     MAX_STEPS, SCHEDULERS, ImageGenerator, RenderResult, RenderStats, StepFrame, validate_render_options,
@@ -49,13 +51,42 @@ def token_record(step) -> dict:
     return {"index": step.index, "text": step.text, "prob": step.prob, "top": step.top}
 
 
-def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: float) -> str:
+END_CHIP = "⏎ end"
+
+
+def add_token(shaded: list, records: list, step) -> None:
+    """One chip per piece of text: a token that only starts a character (its text is "") joins the
+    token that completes it, so a chip never shows half a character; the end token shows as END_CHIP."""
+    if step.end:
+        shaded.append((END_CHIP, round(step.prob, 3)))
+    elif step.text:
+        shaded.append((step.text, round(step.prob, 3)))
+    else:
+        return
+    records.append(token_record(step))
+
+
+STOPPED = "stopped: Stop pressed"
+
+
+def mark_stopped(text_meter: str, image_meter: str):
+    """The meters after Stop: say that the run was stopped, where it had not finished."""
+    if text_meter and "stopped by …" in text_meter:
+        text_meter = text_meter.replace("stopped by …", STOPPED)
+    if image_meter and " · done" not in image_meter and STOPPED not in image_meter:
+        first, _, rest = image_meter.partition("\n\n")
+        image_meter = f"{first} · {STOPPED}" + (f"\n\n{rest}" if rest else "")
+    return text_meter, image_meter
+
+
+def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: float, note: str = "") -> str:
     per_step = 2 if guidance_scale > 1 else 1
     return (
         f"step **{stats.steps}/{total_steps}** · **{stats.unet_evaluations}** U-Net evaluations "
         f"({per_step} per step{' with guidance' if per_step == 2 else ''}) · "
         f"**{format_seconds(stats.mean_step_s)}** per step · total **{format_seconds(stats.total_s)}**"
         + (f" · {stats.stopped_by}" if stats.stopped_by else "")
+        + (f"\n\n{note}" if note else "")
     )
 
 
@@ -80,6 +111,10 @@ class WordsVsWorldsTab:
     def __init__(self, preset: Preset):
         self.preset = preset
 
+    def note(self, prompt: str) -> str:
+        """A word under the image when the prompt is outside what the diffusion model knows."""
+        return world_note(prompt) if self.preset.shapes_world else ""
+
     @on_gpu(duration=120)
     def generate_text(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
                       top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
@@ -90,9 +125,8 @@ class WordsVsWorldsTab:
             stats = GenerationStats()
             steps, shaded = [], []
             for step in TextGenerator.load(self.preset).stream(prompt, options, stats=stats):
-                steps.append(token_record(step))
-                shaded.append((step.text, round(step.prob, 3)))
-                yield shaded, candidates(steps[-1]), describe_text_stats(stats), steps
+                add_token(shaded, steps, step)
+                yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
             yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
 
     @on_gpu(duration=120)
@@ -103,15 +137,17 @@ class WordsVsWorldsTab:
             prompt = check_prompt(prompt)
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             noisy = x0 = None
+            note = self.note(prompt)
             for item in ImageGenerator.load(self.preset).stream(prompt, options):
                 if isinstance(item, StepFrame):
                     # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last decoded picture.
                     noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-                    yield noisy, x0, None, describe_render_stats(item.stats, options.steps, options.guidance_scale)
+                    yield noisy, x0, None, describe_render_stats(item.stats, options.steps, options.guidance_scale, note)
                 else:
                     for warning in item.warnings:
                         gr.Warning(warning)
-                    yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps, options.guidance_scale)
+                    yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps,
+                                                                       options.guidance_scale, note)
 
     @on_gpu(duration=120)
     def compare(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
@@ -125,56 +161,64 @@ class WordsVsWorldsTab:
             text_stats = GenerationStats()
             shaded, records, timeline = [], [], []
             noisy = x0 = final = None
+            note = self.note(prompt)
             world_meter = ""
+            started = time.perf_counter()
             for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats):
-                row = timeline_row(side, item)
+                row = timeline_row(item, time.perf_counter() - started)
                 if row:
                     timeline.append(row)
                 if side == "words":
-                    records.append(token_record(item))
-                    shaded.append((item.text, round(item.prob, 3)))
+                    add_token(shaded, records, item)
                 elif isinstance(item, StepFrame):
                     noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-                    world_meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale)
+                    world_meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale,
+                                                        note)
                 elif isinstance(item, RenderResult):
                     final = item.image
-                    world_meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale)
+                    world_meter = describe_render_stats(item.stats, render_options.steps,
+                                                        render_options.guidance_scale, note)
                 yield (shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records,
                        noisy, x0, final, world_meter, timeline)
 
     def build(self) -> None:
-        """Lay out the tab inside an open gr.Blocks and wire its events."""
+        """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
+        then the picture and the text on one screen, their meters under them; settings and examples below."""
         recipe = self.preset.recipe
         gr.Markdown(
-            "One prompt, two ways of making things. The **language model** commits to one token at a time, "
-            "left to right, for good; each token is shaded by the probability the model gave it (click one to "
-            "see what it beat). The **diffusion model** starts from noise and refines the whole canvas at every "
-            "step: left, the noisy latent; right, the model's current guess of the clean image."
+            "One prompt, two ways of making things: the **language model** commits to one token at a time, left "
+            "to right, for good; the **diffusion model** refines the whole canvas from noise at every step.",
+            elem_classes="ww-intro",
         )
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4)
-            with gr.Column(scale=1, min_width=180):
+        with gr.Row(equal_height=False):
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4, min_width=240)
+            with gr.Column(scale=1, min_width=160):
                 run_both = gr.Button("Run both", variant="primary")
                 with gr.Row():
-                    run_words = gr.Button("Words only", size="sm")
-                    run_worlds = gr.Button("Worlds only", size="sm")
-                stop = gr.Button("Stop", variant="stop", size="sm")
-        gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
+                    run_words = gr.Button("Words only", size="sm", min_width=60)
+                    run_worlds = gr.Button("Worlds only", size="sm", min_width=60)
+                    stop = gr.Button("Stop", variant="stop", size="sm", min_width=50)
         with gr.Row(equal_height=False):
-            with gr.Column():
-                gr.Markdown("### Words: next-token prediction")
-                tokens = gr.HighlightedText(label="Text, token by token", combine_adjacent=False, show_legend=False)
-                top = gr.Label(label="Candidates for the latest (or clicked) token", num_top_classes=5)
-                text_meter = gr.Markdown()
-            with gr.Column():
-                gr.Markdown("### Worlds: denoising")
-                with gr.Row():
-                    noisy = gr.Image(label="Noisy latent xₜ", type="pil", height=200, buttons=[],
+            with gr.Column(min_width=300):
+                gr.Markdown("**Worlds: denoising.** Left, the noisy latent; middle, the model's guess of the clean "
+                            "image at this step.", elem_classes="ww-caption")
+                with gr.Row(elem_classes="ww-images"):
+                    noisy = gr.Image(label="Noisy xₜ", type="pil", height=150, buttons=[], min_width=80,
                                      elem_classes="ww-pixels")
-                    x0 = gr.Image(label="Predicted clean image x₀", type="pil", height=200, buttons=[],
+                    x0 = gr.Image(label="Guess x₀", type="pil", height=150, buttons=[], min_width=80,
                                   elem_classes="ww-pixels")
-                    final = gr.Image(label="Final image", type="pil", height=200, elem_classes="ww-pixels")
-                image_meter = gr.Markdown()
+                    # PNG here, WebP for the previews: two outputs never point at one cached file.
+                    final = gr.Image(label="Final", type="pil", height=150, min_width=80, format="png",
+                                     buttons=["download"], elem_classes="ww-pixels")
+                image_meter = gr.Markdown(elem_classes="ww-meter")
+            with gr.Column(min_width=300):
+                gr.Markdown("**Words: next-token prediction.** Each token shaded by its probability; tap one to "
+                            "see what it beat.", elem_classes="ww-caption")
+                tokens = gr.HighlightedText(show_label=False, combine_adjacent=False, show_legend=False)
+                text_meter = gr.Markdown(elem_classes="ww-meter")
+                top = gr.Label(label="Candidates for the latest (or tapped) token", num_top_classes=5,
+                               show_heading=False)
+        gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
         with gr.Row():
             with gr.Accordion("Decoding (words)", open=False):
                 max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
@@ -213,6 +257,7 @@ class WordsVsWorldsTab:
                 concurrency_limit=2,
             ),
         ]
-        stop.click(None, cancels=events)
+        stop.click(mark_stopped, [text_meter, image_meter], [text_meter, image_meter], cancels=events,
+                   api_visibility="private")
         reseed.click(new_seed, outputs=seed, api_visibility="private")
         tokens.select(inspect_token, inputs=[records], outputs=[top], api_visibility="private")

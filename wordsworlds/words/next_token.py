@@ -61,10 +61,11 @@ def validate_options(
 class TokenStep:
     index: int
     token_id: int
-    text: str  # the text this token added (may be empty mid-character)
+    text: str  # the text this token completed: "" while a character spanning several tokens is unfinished
     prob: float  # the model's probability for it (temperature 1, before any filtering)
     top: list[tuple[str, float]]  # the top-n candidates at this step, best first
     elapsed_s: float  # since the call started
+    end: bool = False  # the model's end-of-turn token
 
 
 @dataclass
@@ -173,8 +174,8 @@ class TextGenerator:
             stats.new_tokens, stats.total_s = index + 1, now
             yield TokenStep(
                 index=index, token_id=token, text=piece, prob=float(probs[token]),
-                top=[(self.tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)],
-                elapsed_s=now,
+                top=[(self.token_label(int(i)), float(p)) for p, i in zip(top.values, top.indices)],
+                elapsed_s=now, end=token in stop_ids,
             )
             if token in stop_ids:
                 stats.stopped_by = "eos"
@@ -190,6 +191,12 @@ class TextGenerator:
                 stats.forward_passes += 1
         stats.stopped_by = stats.stopped_by or "max_new_tokens"
         stats.total_s = time.perf_counter() - started
+
+    def token_label(self, token_id: int) -> str:
+        """How a candidate token reads on its own: its text, or, for a byte-level token that is only
+        part of a character (an emoji, an accented letter), a label saying so instead of "\ufffd"."""
+        text = self.tokenizer.decode([token_id])
+        return f"⟨part of a character, token {token_id}⟩" if "\ufffd" in text else text
 
     def generate(self, prompt: str, **options) -> TextResult:
         stats = GenerationStats()

@@ -155,3 +155,32 @@ def parse_objects(text: str) -> tuple[WorldObject, ...] | None:
     except SceneError:
         return None
     return tuple(found)
+
+
+# Words that carry no content of their own (articles, joiners, filler): never "outside the world".
+FUNCTION_WORDS = frozenset(
+    "a an one the and with of on in at to is are some two three draw make show me please picture image photo "
+    "of it its this that there here over under above near by for from into onto up down next beside behind "
+    "front between".split()
+)
+WORLD_WORDS = frozenset(
+    set(_WORD_TO) | {w for ps in POSITION_PHRASES.values() for p in ps for w in p.split()}
+    | {"circles", "squares", "triangles", "discs", "boxes", "middle", "centre"}
+)
+
+
+def outside_words(text: str) -> list[str]:
+    """The content words of `text` that the shapes world has no meaning for, in order, once each."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return list(dict.fromkeys(w for w in words if w not in WORLD_WORDS and w not in FUNCTION_WORDS))
+
+
+def world_note(text: str) -> str:
+    """What to tell a person whose prompt is outside the world ("" when the prompt is a scene)."""
+    if parse_caption(text) is not None:
+        return ""
+    outside = outside_words(text)
+    named = f" ({', '.join(outside[:6])}{', ...' if len(outside) > 6 else ''} are not)" if outside else ""
+    return ("The miniature model knows only its shapes world: circles, squares and triangles in six colours, "
+            f"two sizes and five places{named}. Outside it, expect shapes the words did not ask for; "
+            "the hybrid tab plans such ideas into shapes.")
