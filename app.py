@@ -9,20 +9,17 @@ preset (and every WORDSWORLDS_* setting) is read here, once, and passed down.
 
 import os
 
-import gradio as gr
+import uvicorn
 
 import wordsworlds.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before CUDA starts)
 from wordsworlds.presets import from_environment
 from wordsworlds.ui import CSS, build_demo, warm_up
+from wordsworlds.ui.serve import create_app
 
 preset = from_environment(os.environ)
 demo = build_demo(preset)
 
 if __name__ == "__main__":
     warm_up(preset)
-    # A room of phones at once: queue requests, several handlers at a time.
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        theme=gr.themes.Soft(),
-        css=CSS,
-    )
+    uvicorn.run(create_app(demo, css=CSS), host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -133,14 +133,14 @@ class ExplorerTab:
                 llm_layer = gr.Textbox(value="", label="LLM layer (empty: the middle one)", placeholder="middle")
         notes = gr.Markdown(label="Notes")
         gr.Markdown("**Where the words land** (colour: order along the first panel's x axis)")
-        scatter = gr.Plot(show_label=False)
+        scatter = gr.Plot(label="Where the words land", show_label=False)
         with gr.Row():
             neighbours = gr.Dataframe(label="Nearest neighbours of the highlighted word", interactive=False)
             agreement = gr.Dataframe(label="Where the spaces disagree: rank agreement of all pair similarities",
                                      interactive=False)
         shifts = gr.Dataframe(label="Pairs whose closeness rank moves most between spaces", interactive=False)
         gr.Markdown("**Cosine similarity**")
-        heatmap = gr.Plot(show_label=False)
+        heatmap = gr.Plot(label="Cosine similarity", show_label=False)
         gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=4,
                              height="auto", object_fit="contain", elem_classes="ww-pixels")
         with gr.Accordion("Tokenizers: how each model splits the words", open=False):

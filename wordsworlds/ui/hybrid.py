@@ -105,7 +105,7 @@ class HybridTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Rounds", columns=3, height="auto", object_fit="contain", elem_classes="ww-pixels")
-                trace = gr.Markdown()
+                trace = gr.Markdown(label="Rounds, step by step")
             with gr.Column(scale=1):
                 chart = gr.Plot(label="Score per round")
                 choices = gr.Dataframe(headers=["slot", "chosen", "LLM probability", "top options"],

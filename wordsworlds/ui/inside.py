@@ -12,7 +12,7 @@ from ..presets import Preset
 from ..worlds.diffusion import ImageGenerator
 from ..worlds.noising import noise_image, noise_levels, tokenize_prompt
 from .charts import noise_schedule_figure
-from .common import user_errors
+from .common import local_example_image, user_errors
 
 EXAMPLE_IMAGES = sorted(str(p) for p in (Path(__file__).parents[2] / "examples" / "images").glob("*.png"))
 
@@ -55,15 +55,15 @@ class InsideDiffusion:
             with gr.Row():
                 tokens = gr.HighlightedText(label="The prompt as the diffusion text encoder reads it",
                                             color_map={"kept": "#9ae6b4", "cut": "#cbd5e0"}, show_legend=True)
-                note = gr.Markdown()
+                note = gr.Markdown(label="Token count against the limit")
             gr.Button("Tokenize", size="sm").click(self.diffusion_tokens, prompt, [tokens, note])
             prompt.change(self.preview_tokens, prompt, [tokens, note], api_visibility="private",
                           trigger_mode="always_last")
             gr.Markdown("**Noising vs denoising.** Training adds noise to an image up to step *t*; the model learns "
                         "to guess the clean image back. Move *t* and watch both.")
             with gr.Row():
-                source = gr.Image(label="Image (a render, an example, or an upload)", type="pil", height=200,
-                                  value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, elem_classes="ww-pixels")
+                source = local_example_image(EXAMPLE_IMAGES[0], label="Image (a render, an example, or an upload)",
+                                         type="pil", height=200, value=EXAMPLE_IMAGES[0], elem_classes="ww-pixels")
                 noisy = gr.Image(label="Noised to t (forward)", type="pil", height=200, buttons=[],
                                  elem_classes="ww-pixels")
                 denoised = gr.Image(label="The model's guess from it (reverse, one step)", type="pil", height=200,
@@ -72,8 +72,7 @@ class InsideDiffusion:
                 timestep = gr.Slider(0, 999, value=500, step=1, label="Timestep t")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Noise seed")
             schedule = gr.Plot(label="Noise schedule")
-            if EXAMPLE_IMAGES:
-                gr.Examples(EXAMPLE_IMAGES, inputs=source)
+            gr.Examples(EXAMPLE_IMAGES, inputs=source)
             inputs, outputs = [source, timestep, seed], [noisy, denoised, schedule]
             gr.Button("Noise it", size="sm").click(self.explore_noise, inputs, outputs)
             timestep.release(self.explore_noise, inputs, outputs, api_visibility="private")

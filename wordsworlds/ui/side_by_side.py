@@ -210,12 +210,13 @@ class WordsVsWorldsTab:
                     # PNG here, WebP for the previews: two outputs never point at one cached file.
                     final = gr.Image(label="Final", type="pil", height=150, min_width=80, format="png",
                                      buttons=["download"], elem_classes="ww-pixels")
-                image_meter = gr.Markdown(elem_classes="ww-meter")
+                image_meter = gr.Markdown(label="Compute meter (worlds)", elem_classes="ww-meter")
             with gr.Column(min_width=300):
                 gr.Markdown("**Words: next-token prediction.** Each token shaded by its probability; tap one to "
                             "see what it beat.", elem_classes="ww-caption")
-                tokens = gr.HighlightedText(show_label=False, combine_adjacent=False, show_legend=False)
-                text_meter = gr.Markdown(elem_classes="ww-meter")
+                tokens = gr.HighlightedText(label="Text, token by token (with probabilities)", show_label=False,
+                                            combine_adjacent=False, show_legend=False)
+                text_meter = gr.Markdown(label="Compute meter (words)", elem_classes="ww-meter")
                 top = gr.Label(label="Candidates for the latest (or tapped) token", num_top_classes=5,
                                show_heading=False)
         gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
@@ -240,7 +241,8 @@ class WordsVsWorldsTab:
             "noise). Raise the temperature or draw a new seed and both change."
         )
         with gr.Accordion("Timeline: token t beside step t", open=False):
-            timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], interactive=False, wrap=True)
+            timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], label="Timeline", interactive=False,
+                                    wrap=True)
         records = gr.State([])
         InsideDiffusion(self.preset).build(prompt)
 

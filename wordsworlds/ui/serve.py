@@ -1,0 +1,35 @@
+"""The web server: the Gradio app mounted on FastAPI, plus the web component's loader script.
+
+A blog embeds the app either in an iframe or as the `<gradio-app>` web component. The component
+needs a `gradio.js` script; the public CDN copy is not always reachable (and never on these
+offline machines), so the app serves its own, from the Gradio package it runs: `/gradio.js`
+loads the same frontend bundle the app's own page loads (`/assets/...`), so the version always
+matches. The app is also an MCP server (`/gradio_api/mcp/`), so an assistant can call
+`generate_text`, `render_image` and `run_hybrid` as tools.
+
+    >>> app = create_app(build_demo(preset))          # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=7860)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+WEB_COMPONENT_LOADER = Path(gr.__file__).parent / "templates" / "frontend" / "gradio.js"
+
+
+def create_app(demo: gr.Blocks, css: str = "", theme=None) -> FastAPI:
+    """A FastAPI app serving `demo` at / (queued for a room of phones), /gradio.js, and MCP."""
+    app = FastAPI()
+    loader = WEB_COMPONENT_LOADER.read_text()  # one line: import("./assets/index-<hash>.js");
+
+    @app.get("/gradio.js", include_in_schema=False)
+    def web_component() -> Response:
+        return Response(loader, media_type="text/javascript", headers={"Access-Control-Allow-Origin": "*"})
+
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return gr.mount_gradio_app(app, demo, path="/", mcp_server=True, theme=theme or gr.themes.Soft(), css=css)
