@@ -15,6 +15,7 @@ import gradio as gr
 from ..errors import ModelUnavailable
 from ..models import load_describer, load_diffusion, load_llm, reports
 from ..presets import Preset
+from .common import install_atomic_image_cache
 from .explorer import ExplorerTab
 from .hybrid import HybridTab
 from .side_by_side import WordsVsWorldsTab
@@ -32,8 +33,12 @@ footer {display: none !important}
 .ww-images > * {min-width: 0 !important}
 .ww-caption p, .ww-meter p {margin: 0.2em 0}
 @media (max-width: 640px) {
-  .ww-header p, .ww-intro {font-size: 0.85em}
+  .ww-header p {font-size: 0.85em}
+  /* On a phone the first screen is for the prompt and the outputs: explanations wait below. */
+  .ww-intro, .ww-more {display: none}
   .gradio-container {padding-left: 6px !important; padding-right: 6px !important}
+  /* Three tabs in one row, one tap each (wider buttons went behind a "more" menu). */
+  .tab-wrapper button {padding-left: 8px !important; padding-right: 8px !important; font-size: 14px !important}
 }
 """
 
@@ -48,6 +53,7 @@ def running_on(preset: Preset) -> str:
 
 
 def build_demo(preset: Preset) -> gr.Blocks:
+    install_atomic_image_cache()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
             f"# {TITLE}\n"

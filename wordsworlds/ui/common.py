@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 
 from ..errors import InputError, ModelUnavailable
 
@@ -41,3 +45,28 @@ def local_example_image(example: str, **kwargs) -> LocalExampleImage:
     image = LocalExampleImage(**kwargs)
     image.example = example
     return image
+
+
+def _save_pil_to_cache_atomically(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio.processing_utils.save_pil_to_cache, written the way Gradio's own save_file_to_cache is:
+    an existing copy is reused, and a new one is written under a temporary name and renamed into place.
+
+    Gradio 6.31 rewrites the cached file in place every time the same picture is returned. With
+    identical pictures in flight (the same prompt and seed on fifty phones, or an x0 view sent again)
+    a browser could read the file while it was being rewritten: a broken image, and "Too little/much
+    data for declared Content-Length" in the server log."""
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if not path.exists():
+        handle, staging = tempfile.mkstemp(dir=folder, prefix=".writing-")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(staging, path)
+    return str(path)
+
+
+def install_atomic_image_cache() -> None:
+    """Make every image output (gr.Image, gr.Gallery) use _save_pil_to_cache_atomically."""
+    processing_utils.save_pil_to_cache = _save_pil_to_cache_atomically

@@ -64,7 +64,21 @@ class HybridTab:
     @on_gpu(duration=120)
     def run_hybrid(self, idea: str, rounds: int = 3, plan: bool = True, refine: bool = True, steps: int = 20,
                    guidance_scale: float = 5.0, seed: int = 0, progress=gr.Progress(track_tqdm=True)):
-        """Plan, render, describe, check, refine; yields (gallery, trace, plan choices, score chart) after each round."""
+        """The language model plans a picture for the request, the diffusion model draws it, a describer reads it
+        back, a checker scores it, and a miss is refined, round by round.
+
+        Args:
+            idea: the request, e.g. "a sunset over the sea" (1 to 500 characters).
+            rounds: the most rounds (1 to 5).
+            plan: let the language model plan the picture first.
+            refine: on a miss, redraw what failed.
+            steps: denoising steps per round (1 to 100).
+            guidance_scale: classifier-free guidance (0 to 30).
+            seed: seed of the first round's noise (0 to 2**32-1).
+
+        Returns:
+            Each round's picture, a trace of what each round did and scored, the plan's choices, and a score chart.
+        """
         with user_errors():
             idea = validate_idea(idea)
             options = validate_hybrid_options(rounds, plan, refine, steps, guidance_scale, seed)

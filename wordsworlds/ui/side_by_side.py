@@ -118,7 +118,19 @@ class WordsVsWorldsTab:
     @on_gpu(duration=120)
     def generate_text(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
                       top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
-        """Stream a reply token by token: (tokens shaded by probability, top candidates of the latest token, stats, steps)."""
+        """Write a reply with the language model, one token at a time, each with its probability.
+
+        Args:
+            prompt: what to say to the model (1 to 2,000 characters).
+            max_new_tokens: the most tokens to write (1 to 256).
+            temperature: 0 for greedy, deterministic decoding; up to 5 for sampling.
+            top_k: sample only among the k likeliest tokens (0: off).
+            top_p: sample only among the likeliest tokens that together reach this probability (0 to 1].
+            seed: seed of the sampling (0 to 2**32-1); no effect when greedy.
+
+        Returns:
+            The text as (token, probability) pairs, the candidates of the latest token, and the compute meter.
+        """
         with user_errors():
             prompt = check_prompt(prompt)
             options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
@@ -132,54 +144,72 @@ class WordsVsWorldsTab:
     @on_gpu(duration=120)
     def render_image(self, prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
                      seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
-        """Stream a render step by step: (noisy latent, predicted clean image x0, final image, compute meter)."""
+        """Draw a picture with the diffusion model, step by step from noise.
+
+        Args:
+            prompt: what to draw (1 to 2,000 characters); the offline model knows only its shapes world.
+            steps: denoising steps (1 to 100).
+            guidance_scale: classifier-free guidance (0 to 30; above 1, two U-Net passes per step).
+            negative_prompt: what to steer away from.
+            seed: seed of the starting noise (0 to 2**32-1): the same seed gives the same picture.
+            scheduler: the sampler: dpm++, ddim, euler, euler-ancestral, ddpm or lcm.
+
+        Returns:
+            The noisy latent, the model's guess of the clean image at the latest step, the final image, and the meter.
+        """
         with user_errors():
             prompt = check_prompt(prompt)
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
-            noisy = x0 = None
             note = self.note(prompt)
             for item in ImageGenerator.load(self.preset).stream(prompt, options):
                 if isinstance(item, StepFrame):
-                    # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last decoded picture.
-                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
+                    # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last
+                    # decoded picture: it is not sent again (gr.skip), only what changed travels.
+                    noisy = item.noisy
+                    x0 = item.x0 if item.x0_decoded else gr.skip()
                     yield noisy, x0, None, describe_render_stats(item.stats, options.steps, options.guidance_scale, note)
                 else:
                     for warning in item.warnings:
                         gr.Warning(warning)
-                    yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps,
-                                                                       options.guidance_scale, note)
+                    yield gr.skip(), gr.skip(), item.image, describe_render_stats(item.stats, options.steps,
+                                                                                  options.guidance_scale, note)
 
     @on_gpu(duration=120)
     def compare(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                 top_p: float = 1.0, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
                 seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
-        """Both engines on one prompt at once, with a shared timeline of tokens and steps."""
+        """Both models on one prompt at once: the text token by token beside the picture step by step,
+        with a shared timeline (arguments as in generate_text and render_image)."""
         with user_errors():
             prompt = check_prompt(prompt)
             text_options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
             render_options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             text_stats = GenerationStats()
             shaded, records, timeline = [], [], []
-            noisy = x0 = final = None
             note = self.note(prompt)
-            world_meter = ""
+            skip = gr.skip()  # an output that did not change is not sent again
             started = time.perf_counter()
+
+            def words():
+                return shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records
+
             for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats):
                 row = timeline_row(item, time.perf_counter() - started)
                 if row:
                     timeline.append(row)
                 if side == "words":
                     add_token(shaded, records, item)
+                    yield *words(), skip, skip, skip, skip, timeline
                 elif isinstance(item, StepFrame):
-                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-                    world_meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale,
-                                                        note)
+                    meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale, note)
+                    yield skip, skip, skip, skip, item.noisy, item.x0 if item.x0_decoded else skip, skip, meter, skip
                 elif isinstance(item, RenderResult):
-                    final = item.image
-                    world_meter = describe_render_stats(item.stats, render_options.steps,
-                                                        render_options.guidance_scale, note)
-                yield (shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records,
-                       noisy, x0, final, world_meter, timeline)
+                    for warning in item.warnings:
+                        gr.Warning(warning)
+                    meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale,
+                                                  note)
+                    yield skip, skip, skip, skip, skip, skip, item.image, meter, timeline
+            yield *words(), skip, skip, skip, skip, timeline  # the words' final meter ("stopped by ...")
 
     def build(self) -> None:
         """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
@@ -200,23 +230,23 @@ class WordsVsWorldsTab:
                     stop = gr.Button("Stop", variant="stop", size="sm", min_width=50)
         with gr.Row(equal_height=False):
             with gr.Column(min_width=300):
-                gr.Markdown("**Worlds: denoising.** Left, the noisy latent; middle, the model's guess of the clean "
-                            "image at this step.", elem_classes="ww-caption")
+                gr.Markdown("**Worlds: denoising.** <span class='ww-more'>Left, the noisy latent; middle, the "
+                            "model's guess of the clean image at this step.</span>", elem_classes="ww-caption")
                 with gr.Row(elem_classes="ww-images"):
-                    noisy = gr.Image(label="Noisy xₜ", type="pil", height=150, buttons=[], min_width=80,
+                    noisy = gr.Image(label="Noisy xₜ", type="pil", height=130, buttons=[], min_width=80,
                                      elem_classes="ww-pixels")
-                    x0 = gr.Image(label="Guess x₀", type="pil", height=150, buttons=[], min_width=80,
+                    x0 = gr.Image(label="Guess x₀", type="pil", height=130, buttons=[], min_width=80,
                                   elem_classes="ww-pixels")
                     # PNG here, WebP for the previews: two outputs never point at one cached file.
-                    final = gr.Image(label="Final", type="pil", height=150, min_width=80, format="png",
+                    final = gr.Image(label="Final", type="pil", height=130, min_width=80, format="png",
                                      buttons=["download"], elem_classes="ww-pixels")
-                image_meter = gr.Markdown(label="Compute meter (worlds)", elem_classes="ww-meter")
+                image_meter = gr.Markdown(label="Compute meter (worlds)", elem_id="ww-image-meter", elem_classes="ww-meter")
             with gr.Column(min_width=300):
-                gr.Markdown("**Words: next-token prediction.** Each token shaded by its probability; tap one to "
-                            "see what it beat.", elem_classes="ww-caption")
+                gr.Markdown("**Words: next-token prediction.** <span class='ww-more'>Each token shaded by its "
+                            "probability; tap one to see what it beat.</span>", elem_classes="ww-caption")
                 tokens = gr.HighlightedText(label="Text, token by token (with probabilities)", show_label=False,
                                             combine_adjacent=False, show_legend=False)
-                text_meter = gr.Markdown(label="Compute meter (words)", elem_classes="ww-meter")
+                text_meter = gr.Markdown(label="Compute meter (words)", elem_id="ww-text-meter", elem_classes="ww-meter")
                 top = gr.Label(label="Candidates for the latest (or tapped) token", num_top_classes=5,
                                show_heading=False)
         gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
@@ -259,7 +289,8 @@ class WordsVsWorldsTab:
                 concurrency_limit=2,
             ),
         ]
-        stop.click(mark_stopped, [text_meter, image_meter], [text_meter, image_meter], cancels=events,
-                   api_visibility="private")
+        # First cancel, then mark: marked while cancelling, a last streamed frame could still overwrite the mark.
+        stop.click(None, cancels=events).then(mark_stopped, [text_meter, image_meter], [text_meter, image_meter],
+                                              api_visibility="private")
         reseed.click(new_seed, outputs=seed, api_visibility="private")
         tokens.select(inspect_token, inputs=[records], outputs=[top], api_visibility="private")

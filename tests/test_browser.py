@@ -1,0 +1,216 @@
+"""What a person sees: the real app in headless Chromium (Debian's package, driven by Playwright), at a
+desktop size and a phone size.
+
+Every tab runs its default example to completion; on a phone the outputs are on the first screen
+right after Run; no broken image, no "\ufffd", no bare "Error"; Stop says the run was stopped; the
+blog embed (docs/embed.html) runs an example inside the web component. With
+WORDSWORLDS_SCREENSHOTS=docs/screenshots the tests also write the README's screenshots there.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import socketserver
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, free_port
+
+playwright = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="make test installs Debian's chromium")
+
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+SHOTS = os.environ.get("WORDSWORLDS_SCREENSHOTS")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def live_url():
+    """The app as `python app.py` serves it (FastAPI, /gradio.js, MCP), on loopback in this process."""
+    import uvicorn
+
+    from wordsworlds.ui import CSS, build_demo
+    from wordsworlds.ui.serve import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(build_demo(TINY), css=CSS), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        # Flags as the machine's notes advise: no background networking (nothing outside is reachable).
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str, viewport: dict):
+    page = browser.new_page(viewport=viewport)
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(url)
+    page.get_by_role("button", name="Run both").wait_for(timeout=60_000)
+    return page
+
+
+def assert_clean(page) -> None:
+    """No broken image, no replacement character, no bare "Error" toast."""
+    broken = page.evaluate("""() => [...document.querySelectorAll('img')]
+        .filter(img => img.complete && img.src && img.naturalWidth === 0).map(img => img.src)""")
+    assert broken == []
+    text = page.inner_text("body")
+    assert "\ufffd" not in text
+    toasts = [t.strip() for t in page.locator(".toast-body").all_inner_texts()]
+    assert all(t not in ("Error", "") for t in toasts), toasts
+
+
+def shoot(page, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+
+
+def wait_for_text(locator, text: str, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while text not in locator.inner_text():
+        assert time.time() < deadline, f"{text!r} never appeared in {locator.inner_text()[:300]!r}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("size, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
+def test_words_vs_worlds_runs_its_example_with_the_outputs_on_the_first_screen(browser, live_url, size, viewport):
+    page = open_page(browser, live_url, viewport)
+    tabs = page.get_by_role("tab")
+    assert [t.inner_text().strip() for t in tabs.all()][:3] == ["Words vs worlds", "Embeddings", "Hybrid"]
+    assert all(t.is_visible() for t in tabs.all()[:3])  # one tap each, none behind a "more" menu
+    page.get_by_role("button", name="Run both").click()
+    meter = page.locator("#ww-image-meter")
+    wait_for_text(meter, "step")
+    # Right after Run, without scrolling: the picture and the first tokens are on screen.
+    for label in ("Guess x₀", "Final"):
+        box = page.get_by_text(label, exact=True).first.bounding_box()
+        assert box and box["y"] + box["height"] <= viewport["height"], (label, box)
+    wait_for_text(meter, "· done")
+    text_meter = page.locator("#ww-text-meter")
+    wait_for_text(text_meter, "stopped by")
+    deadline = time.time() + 60
+    while "stopped by …" in text_meter.inner_text():  # "…" while the words are still being written
+        assert time.time() < deadline, text_meter.inner_text()
+        time.sleep(0.2)
+    assert "stopped by eos" in text_meter.inner_text() or "stopped by max_new_tokens" in text_meter.inner_text()
+    assert page.locator(".ww-images img").count() == 3
+    assert_clean(page)
+    assert page.errors == []
+    shoot(page, f"words_vs_worlds_{size}")
+    page.close()
+
+
+def test_stop_says_the_run_was_stopped_and_clearing_the_prompt_raises_no_toast(browser, live_url):
+    page = open_page(browser, live_url, DESKTOP)
+    page.get_by_text("Decoding (words)").click()
+    tokens = page.get_by_role("spinbutton").filter(has=page.locator(":scope")).and_(
+        page.locator("input[aria-label*='Max new tokens']"))
+    tokens.fill("200")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Words only").click()
+    text_meter = page.locator("#ww-text-meter")
+    wait_for_text(text_meter, "tokens/s")
+    page.get_by_role("button", name="Stop").click()
+    wait_for_text(text_meter, "Stop pressed", timeout_s=10)
+    page.get_by_label("Prompt").fill("")
+    page.wait_for_timeout(1500)
+    assert page.locator(".toast-body").count() == 0
+    page.close()
+
+
+@pytest.mark.parametrize("size, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
+def test_the_explorer_embeds_its_words_and_reports_bad_input_once(browser, live_url, size, viewport):
+    page = open_page(browser, live_url, viewport)
+    page.get_by_role("tab", name="Embeddings").click()
+    page.get_by_role("button", name="Embed").click()
+    notes = page.locator("#component-0").page.get_by_text("words ·").first
+    notes.wait_for(timeout=120_000)
+    neighbours = page.get_by_label("Nearest neighbours of the highlighted word").first.inner_text()
+    # Opening the accordion must not change anything (an empty layer box once became layer 0).
+    page.get_by_text("Custom axes and LLM layer").click()
+    assert page.get_by_label("LLM layer (empty: the middle one)").input_value() == ""
+    page.get_by_role("button", name="Embed").click()
+    page.wait_for_timeout(3000)
+    assert page.get_by_label("Nearest neighbours of the highlighted word").first.inner_text() == neighbours
+    assert_clean(page)
+    shoot(page, f"embeddings_{size}")
+    page.get_by_label("Words or phrases (comma or newline separated)").fill("")
+    page.get_by_role("button", name="Embed").click()
+    page.locator(".toast-body").first.wait_for(timeout=10_000)
+    page.wait_for_timeout(1000)
+    assert page.locator(".toast-body").count() == 1  # one error, not one per handler
+    page.close()
+
+
+@pytest.mark.parametrize("size, viewport", [("desktop", DESKTOP), ("phone", PHONE)])
+def test_the_hybrid_tab_runs_its_example_and_says_what_a_pass_is_against(browser, live_url, size, viewport):
+    page = open_page(browser, live_url, viewport)
+    page.get_by_role("tab", name="Hybrid").click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    trace = page.get_by_text("Round 1").first
+    trace.wait_for(timeout=120_000)
+    body = page.inner_text("body")
+    assert "against the plan" in body and "cannot draw: sunset, sea" in body
+    assert_clean(page)
+    shoot(page, f"hybrid_{size}")
+    page.close()
+
+
+def test_a_blog_page_embeds_the_app_as_a_web_component(browser, live_url):
+    """docs/embed.html, served from another origin as a blog would be, runs an example inside <gradio-app>."""
+    html = (ROOT / "docs" / "embed.html").read_text().replace("http://127.0.0.1:7860", live_url)
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html.encode())
+
+        def log_message(self, *args):
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", free_port()), Page) as blog:
+        threading.Thread(target=blog.serve_forever, daemon=True).start()
+        page = browser.new_page(viewport=DESKTOP)
+        page.goto(f"http://127.0.0.1:{blog.server_address[1]}/")
+        app = page.locator("gradio-app")
+        app.get_by_role("button", name="Worlds only").click(timeout=60_000)
+        wait_for_text(app.locator("#ww-image-meter"), "· done")
+        assert app.locator(".ww-images img").count() == 3
+        assert_clean(page)
+        page.close()
+        blog.shutdown()
+
+
+def test_the_app_is_an_mcp_server_with_the_tabs_as_tools(live_url):
+    import json
+
+    with urllib.request.urlopen(f"{live_url}/gradio_api/mcp/schema", timeout=30) as response:
+        tools = {tool["name"]: tool for tool in json.load(response)}
+    assert {"generate_text", "render_image", "run_hybrid"} <= set(tools)
+    assert "diffusion model" in tools["render_image"]["description"]
+    assert "steps" in json.dumps(tools["render_image"]) and "https://" not in json.dumps(tools)
