@@ -13,13 +13,20 @@ $(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements-offline.txt
 	touch $(STAMP)
 
+# The browser tests drive Debian's Chromium through Playwright (Playwright never downloads a browser here).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
+
 .PHONY: setup demo test bench
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) app.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

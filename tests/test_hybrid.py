@@ -50,7 +50,7 @@ def test_a_planted_failure_makes_the_loop_refine_until_it_passes(planner):
 
 def test_the_round_cap_holds(planner):
     never = lambda target, seen: CheckResult(checks={"shape": False}, findings=["never"])  # noqa: E731
-    assert len(list(run_hybrid(TINY, "a sunset over the sea", checker=never, rounds=2))) == 2
+    assert len(list(run_hybrid(TINY, "a sunset over the sea", checker=never, rounds=2, steps=8))) == 2
     with pytest.raises(InputError, match="rounds"):
         validate_hybrid_options(rounds=MAX_ROUNDS + 1)
 
@@ -127,7 +127,7 @@ def test_hub_prompt_expansion_is_sanitized_and_fits_the_token_limit():
 def test_a_plan_for_an_undrawable_idea_never_shows_as_a_bare_pass():
     from wordsworlds.ui.hybrid import round_markdown
 
-    round_ = next(run_hybrid(TINY, "a sunset over the sea", rounds=1))
+    round_ = next(run_hybrid(TINY, "a sunset over the sea", rounds=1, steps=8))
     relation = round_.relation
     assert relation.checked_against == "plan"
     assert relation.similarity is not None and -1 <= relation.similarity <= 1
@@ -135,6 +135,6 @@ def test_a_plan_for_an_undrawable_idea_never_shows_as_a_bare_pass():
     text = round_markdown(round_)
     assert "against the plan" in text and "cannot draw: sunset, sea" in text
     assert "**PASS**:" not in text  # never a PASS without saying against what
-    direct = next(run_hybrid(TINY, DIRECT, rounds=1))
+    direct = next(run_hybrid(TINY, DIRECT, rounds=1, steps=8))
     assert direct.relation.checked_against == "request" and direct.relation.not_drawable == ()
     assert "against your request" in round_markdown(direct)

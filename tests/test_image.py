@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -167,3 +169,54 @@ def test_an_abandoned_stream_stops_its_worker(engine):
             break
         threading.Event().wait(0.05)
     assert threading.active_count() <= before
+
+
+def test_a_long_prompt_gets_its_message_on_every_endpoint(app_client):
+    """2,001 to 4,000 characters once passed the words side's check and failed inside the worlds side
+    with a bare "Error"; one limit now holds everywhere, with its message."""
+    long = "a red circle " * 200  # 2,600 characters
+    for api_name, args in [("/compare", (long, 4, 0, 0, 1, 4, 5.0, "", 0, "ddim")),
+                           ("/render_image", (long, 4, 5.0, "", 0, "ddim")), ("/generate_text", (long, 4, 0, 0, 1, 0))]:
+        with pytest.raises(Exception, match="2,600 characters; the limit is 2,000"):
+            app_client.predict(*args, api_name=api_name)
+
+
+def test_outputs_of_a_run_never_share_a_file_and_the_timeline_is_in_time_order(app_client):
+    noisy, x0, final, meter = app_client.predict(PROMPT, 6, 5.0, "", 0, "dpm++", api_name="/render_image")
+    assert len({noisy, x0, final}) == 3 and final.endswith(".png")
+    assert "12** U-Net evaluations" in meter  # the meter counts as it goes, not "0 U-Net evaluations"
+    outputs = app_client.predict(PROMPT, 8, 0, 0, 1, 6, 5.0, "", 0, "dpm++", api_name="/compare")
+    times = [row[2] for row in outputs[-1]["data"]]
+    assert times == sorted(times) and len(times) >= 8
+
+
+def test_the_image_cache_reuses_a_file_instead_of_rewriting_it(tmp_path):
+    from wordsworlds.ui.common import _save_pil_to_cache_atomically
+
+    picture = Image.new("RGB", (64, 64), (200, 30, 30))
+    first = _save_pil_to_cache_atomically(picture, str(tmp_path))
+    written = Path(first).stat().st_mtime_ns
+    assert _save_pil_to_cache_atomically(picture.copy(), str(tmp_path)) == first
+    assert Path(first).stat().st_mtime_ns == written  # not rewritten while a browser may be reading it
+    assert not list(Path(first).parent.glob(".writing-*"))
+
+
+def test_an_out_of_world_prompt_says_so_under_the_picture(app_client):
+    *_, meter = app_client.predict("a sunset over the sea", 2, 5.0, "", 0, "ddim", api_name="/render_image")
+    assert "knows only its shapes world" in meter and "sunset, sea" in meter
+    *_, meter = app_client.predict(PROMPT, 2, 5.0, "", 0, "ddim", api_name="/render_image")
+    assert "shapes world" not in meter
+
+
+def test_token_chips_show_whole_characters_and_the_end_token_by_name():
+    from wordsworlds.ui.side_by_side import END_CHIP, add_token, mark_stopped
+    from wordsworlds.words.next_token import TokenStep
+
+    shaded, records = [], []
+    for step in [TokenStep(0, 1, "Caf", 0.9, [], 0.1), TokenStep(1, 2, "", 0.5, [], 0.2),
+                 TokenStep(2, 3, "é", 0.8, [], 0.3), TokenStep(3, 4, "", 0.7, [], 0.4, end=True)]:
+        add_token(shaded, records, step)
+    assert [text for text, _ in shaded] == ["Caf", "é", END_CHIP] and [r["index"] for r in records] == [0, 2, 3]
+    text, image = mark_stopped("5 tokens · stopped by …", "step **3/20** · 6 U-Net evaluations")
+    assert "Stop pressed" in text and "Stop pressed" in image
+    assert mark_stopped("stopped by eos", "step 20/20 · done") == ("stopped by eos", "step 20/20 · done")

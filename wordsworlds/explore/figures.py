@@ -29,7 +29,7 @@ def scatter_figure(result: Exploration) -> go.Figure:
     rows, cols = _grid(len(result.spaces))
     three = result.dimensions == 3
     fig = make_subplots(rows, cols, specs=[[{"type": "scene" if three else "xy"}] * cols] * rows,
-                        subplot_titles=[f"{SPACES[s].kind}: {SPACES[s].title}" for s in result.spaces])
+                        subplot_titles=[f"{SPACES[s].short} ({SPACES[s].kind})" for s in result.spaces])
     first = result.coords[result.spaces[0]][:, 0]
     colour = np.argsort(np.argsort(first, kind="stable"), kind="stable")
     labels = "markers+text" if len(result.words) <= 40 else "markers"
@@ -55,6 +55,7 @@ def scatter_figure(result: Exploration) -> go.Figure:
             fig.update_xaxes(title_text=axes[0], row=row, col=col)
             fig.update_yaxes(title_text=axes[1], row=row, col=col)
     fig.update_layout(height=420 * rows, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_annotations(font_size=12)  # the subplot titles: two fit side by side on a phone
     return fig
 
 
@@ -64,7 +65,7 @@ def heatmap_figure(result: Exploration) -> go.Figure:
     titles = []
     for space in result.spaces:
         off = result.similarity[space][~np.eye(len(result.words), dtype=bool)]
-        titles.append(f"{SPACES[space].title} (cos {off.min():.2f} to {off.max():.2f})")
+        titles.append(f"{SPACES[space].short}: cos {off.min():.2f} to {off.max():.2f}")
     fig = make_subplots(rows, cols, subplot_titles=titles)
     for n, space in enumerate(result.spaces):
         fig.add_trace(go.Heatmap(z=result.similarity[space], x=result.words, y=result.words, colorscale="Viridis",

@@ -45,16 +45,17 @@ class Space:
     title: str
     kind: str  # "meaning" or "appearance"
     about: str
+    short: str  # a few letters for small panels
 
 
 SPACES = {
     s.name: s
     for s in (
-        Space("minilm", "MiniLM sentence encoder", "meaning", "all-MiniLM-L6-v2, mean-pooled, 384 numbers"),
-        Space("llm_hidden", "LLM hidden states", "meaning", "the LLM's residual stream at one layer (default: the middle), mean over the word's tokens"),
-        Space("llm_tokens", "LLM token embeddings", "meaning", "the LLM's input embedding rows, mean over the word's tokens"),
-        Space("clip_text", "Diffusion text encoder", "appearance", "CLIP text encoder, mean over the real tokens (not BOS)"),
-        Space("image_latents", "Image latents", "appearance", f"VAE latents of a {IMAGE_STEPS}-step image from seed {IMAGE_SEED}"),
+        Space("minilm", "MiniLM sentence encoder", "meaning", "all-MiniLM-L6-v2, mean-pooled, 384 numbers", "MiniLM"),
+        Space("llm_hidden", "LLM hidden states", "meaning", "the LLM's residual stream at one layer (default: the middle), mean over the word's tokens", "LLM states"),
+        Space("llm_tokens", "LLM token embeddings", "meaning", "the LLM's input embedding rows, mean over the word's tokens", "LLM tokens"),
+        Space("clip_text", "Diffusion text encoder", "appearance", "CLIP text encoder, mean over the real tokens (not BOS)", "text encoder"),
+        Space("image_latents", "Image latents", "appearance", f"VAE latents of a {IMAGE_STEPS}-step image from seed {IMAGE_SEED}", "image latents"),
     )
 }
 

@@ -22,6 +22,11 @@ def user_errors():
         raise gr.Error(str(error), print_exception=False) from None
 
 
+def scroll_into_view(elem_id: str) -> str:
+    """Browser-side code for a click: bring the results into view (on a phone they start below the button)."""
+    return f"() => {{ document.getElementById('{elem_id}')?.scrollIntoView({{behavior: 'smooth', block: 'start'}}); }}"
+
+
 def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 

@@ -15,7 +15,7 @@ from ..explore.figures import heatmap_figure, scatter_figure
 from ..explore.spaces import SPACES, rendered_images, tokenize
 from ..gpu import on_gpu
 from ..presets import Preset
-from .common import format_seconds, user_errors
+from .common import format_seconds, scroll_into_view, user_errors
 
 DEFAULT_WORDS = "dog, puppy, cat, kitten, banana, apple, car, truck, red circle, blue square, small, large"
 PROJECTION_CHOICES = [("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap"), ("Custom axes (anchors)", "anchors")]
@@ -102,38 +102,30 @@ class ExplorerTab:
         return table
 
     def build(self) -> None:
-        """Lay out the tab inside an open gr.Blocks and wire its events."""
+        """Lay out the tab inside an open gr.Blocks and wire its events: the words and Embed, the map right
+        under them with the controls that redraw it, then the tables and the settings."""
         gr.Markdown(
             "The same words, placed by what they **mean** (a sentence encoder, the LLM's own states) and by how they "
             "**look** to the diffusion model (its text encoder, the latents of the image it draws). Close in one "
-            "space, far in another: that is where the two kinds of model see the world differently."
+            "space, far in another: that is where the two kinds of model see the world differently.",
+            elem_classes="ww-intro",
         )
-        with gr.Row():
+        with gr.Row(equal_height=False):
             words = gr.Textbox(label="Words or phrases (comma or newline separated)", value=DEFAULT_WORDS, lines=3,
-                               max_lines=12, scale=3)
+                               max_lines=12, scale=3, min_width=240)
             with gr.Column(scale=1, min_width=220):
                 word_set = gr.Dropdown(choices=list(word_sets()), value=None, label="Curated set")
                 template = gr.Textbox(label="Template (optional)", placeholder="a photo of a {}")
                 run = gr.Button("Embed", variant="primary")
         about = gr.Markdown()
-        spaces = gr.CheckboxGroup(choices=[(f"{s.kind}: {s.title}", s.name) for s in SPACES.values()],
-                                  value=list(DEFAULT_SPACES), label="Spaces")
-        with gr.Accordion("What each space is", open=False):
-            gr.Markdown("\n".join(f"- **{s.title}** (`{s.name}`, {s.kind}): {s.about}" for s in SPACES.values())
-                        + "\n\nEvery view uses cosine similarity: vectors are scaled to length 1 first.")
+        with gr.Column(elem_id="ww-explorer-results"):
+            notes = gr.Markdown(label="Notes")
+            gr.Markdown("**Where the words land** (colour: order along the first panel's x axis)")
+            scatter = gr.Plot(label="Where the words land", show_label=False)
         with gr.Row():
             projection = gr.Radio(PROJECTION_CHOICES, value="pca", label="Projection")
             dimensions = gr.Radio([2, 3], value=2, label="Dimensions")
             highlight = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Highlight a word")
-        with gr.Accordion("Custom axes and LLM layer", open=False):
-            with gr.Row():
-                anchor_from = gr.Textbox(label="Axis from", placeholder="small")
-                anchor_to = gr.Textbox(label="Axis to", placeholder="large")
-                # Text, not a number box: an empty number box turns into 0 (the first layer) when shown.
-                llm_layer = gr.Textbox(value="", label="LLM layer (empty: the middle one)", placeholder="middle")
-        notes = gr.Markdown(label="Notes")
-        gr.Markdown("**Where the words land** (colour: order along the first panel's x axis)")
-        scatter = gr.Plot(label="Where the words land", show_label=False)
         with gr.Row():
             neighbours = gr.Dataframe(label="Nearest neighbours of the highlighted word", interactive=False)
             agreement = gr.Dataframe(label="Where the spaces disagree: rank agreement of all pair similarities",
@@ -141,8 +133,19 @@ class ExplorerTab:
         shifts = gr.Dataframe(label="Pairs whose closeness rank moves most between spaces", interactive=False)
         gr.Markdown("**Cosine similarity**")
         heatmap = gr.Plot(label="Cosine similarity", show_label=False)
-        gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=4,
+        gallery = gr.Gallery(label="What the diffusion model draws for each word (image_latents)", columns=6,
                              height="auto", object_fit="contain", elem_classes="ww-pixels")
+        spaces = gr.CheckboxGroup(choices=[(f"{s.kind}: {s.title}", s.name) for s in SPACES.values()],
+                                  value=list(DEFAULT_SPACES), label="Spaces")
+        with gr.Accordion("What each space is", open=False):
+            gr.Markdown("\n".join(f"- **{s.title}** (`{s.name}`, {s.kind}): {s.about}" for s in SPACES.values())
+                        + "\n\nEvery view uses cosine similarity: vectors are scaled to length 1 first.")
+        with gr.Accordion("Custom axes and LLM layer", open=False):
+            with gr.Row():
+                anchor_from = gr.Textbox(label="Axis from", placeholder="small")
+                anchor_to = gr.Textbox(label="Axis to", placeholder="large")
+                # Text, not a number box: an empty number box turns into 0 (the first layer) when shown.
+                llm_layer = gr.Textbox(value="", label="LLM layer (empty: the middle one)", placeholder="middle")
         with gr.Accordion("Tokenizers: how each model splits the words", open=False):
             tokens = gr.Dataframe(label="Tokenizers", interactive=False, wrap=True)
 
@@ -150,6 +153,7 @@ class ExplorerTab:
         outputs = [scatter, heatmap, neighbours, agreement, shifts, gallery, notes]
         # One chain per click: a bad input is reported once, by embed_words, not again by each follower.
         embedded = run.click(self.embed_words, inputs=inputs, outputs=outputs, concurrency_limit=2)
+        run.click(None, js=scroll_into_view("ww-explorer-results"))
         embedded.success(list_words, inputs=[words, highlight], outputs=[highlight], api_visibility="private")
         embedded.success(self.tokenize_words, inputs=[words, template], outputs=[tokens], concurrency_limit=2)
         for control in (projection, dimensions, highlight):  # redraw from the cache on a change of view

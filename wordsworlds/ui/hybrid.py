@@ -12,7 +12,7 @@ from ..hybrid.planner import validate_idea
 from ..presets import Preset
 from ..worlds.diffusion import MAX_STEPS
 from .charts import score_figure
-from .common import user_errors
+from .common import scroll_into_view, user_errors
 
 EXAMPLE_IDEAS = [
     "a sunset over the sea",
@@ -94,20 +94,32 @@ class HybridTab:
                 yield gallery, "\n\n".join(trace), choices, score_figure(scores, labels)
 
     def build(self) -> None:
-        """Lay out the tab inside an open gr.Blocks and wire its events."""
+        """Lay out the tab inside an open gr.Blocks and wire its events: the request and Run, the rounds
+        right under them, then the settings and examples."""
         recipe = self.preset.recipe
         gr.Markdown(
             "The language model **plans** (it may only write what the miniature world can draw: every word is "
             "chosen among the options the grammar allows, and you see its probability for each), the diffusion "
             "model **renders**, a recognizer **reads the picture back**, a checker **scores** it, and on a miss "
             "the next round keeps the objects that came out right and redraws only the ones that failed, each in "
-            "its own region of the plan's layout. Switch planning and refining off to compare."
+            "its own region of the plan's layout. Switch planning and refining off to compare.",
+            elem_classes="ww-intro",
         )
-        with gr.Row():
-            idea = gr.Textbox(label="Request", value=EXAMPLE_IDEAS[0], lines=1, max_lines=3, scale=4)
+        with gr.Row(equal_height=False):
+            idea = gr.Textbox(label="Request", value=EXAMPLE_IDEAS[0], lines=1, max_lines=3, scale=4, min_width=240)
             with gr.Column(scale=1, min_width=160):
                 run = gr.Button("Run", variant="primary")
                 stop = gr.Button("Stop", variant="stop", size="sm")
+        with gr.Row(equal_height=False, elem_id="ww-hybrid-results"):
+            with gr.Column(scale=2, min_width=300):
+                # Thumbnails only: the preview mode crops a picture to its box.
+                gallery = gr.Gallery(label="Rounds", columns=3, height="auto", object_fit="contain",
+                                     allow_preview=False, elem_classes="ww-pixels")
+                trace = gr.Markdown(label="Rounds, step by step")
+            with gr.Column(scale=1, min_width=300):
+                chart = gr.Plot(label="Score per round")
+                choices = gr.Dataframe(headers=["slot", "chosen", "LLM probability", "top options"],
+                                       label="The plan, choice by choice", interactive=False, wrap=True)
         gr.Examples(EXAMPLE_IDEAS, inputs=idea)
         with gr.Row():
             use_plan = gr.Checkbox(value=True, label="LLM plans")
@@ -116,14 +128,7 @@ class HybridTab:
             steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
             guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5, label="Guidance scale")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Rounds", columns=3, height="auto", object_fit="contain", elem_classes="ww-pixels")
-                trace = gr.Markdown(label="Rounds, step by step")
-            with gr.Column(scale=1):
-                chart = gr.Plot(label="Score per round")
-                choices = gr.Dataframe(headers=["slot", "chosen", "LLM probability", "top options"],
-                                       label="The plan, choice by choice", interactive=False, wrap=True)
         event = run.click(self.run_hybrid, [idea, rounds, use_plan, use_refine, steps, guidance_scale, seed],
                           [gallery, trace, choices, chart], concurrency_limit=2)
+        run.click(None, js=scroll_into_view("ww-hybrid-results"))
         stop.click(None, cancels=[event])

@@ -161,18 +161,20 @@ class WordsVsWorldsTab:
             prompt = check_prompt(prompt)
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             note = self.note(prompt)
+            noisy = x0 = None
             for item in ImageGenerator.load(self.preset).stream(prompt, options):
                 if isinstance(item, StepFrame):
                     # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last
-                    # decoded picture: it is not sent again (gr.skip), only what changed travels.
-                    noisy = item.noisy
-                    x0 = item.x0 if item.x0_decoded else gr.skip()
-                    yield noisy, x0, None, describe_render_stats(item.stats, options.steps, options.guidance_scale, note)
+                    # decoded picture: it is not sent again (gr.skip) while streaming.
+                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
+                    yield noisy, x0 if item.x0_decoded else gr.skip(), None, describe_render_stats(
+                        item.stats, options.steps, options.guidance_scale, note)
                 else:
                     for warning in item.warnings:
                         gr.Warning(warning)
-                    yield gr.skip(), gr.skip(), item.image, describe_render_stats(item.stats, options.steps,
-                                                                                  options.guidance_scale, note)
+                    # The last message holds every output: it is what an API caller receives.
+                    yield noisy, x0, item.image, describe_render_stats(item.stats, options.steps,
+                                                                       options.guidance_scale, note)
 
     @on_gpu(duration=120)
     def compare(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
@@ -190,6 +192,8 @@ class WordsVsWorldsTab:
             skip = gr.skip()  # an output that did not change is not sent again
             started = time.perf_counter()
 
+            worlds = {"noisy": None, "x0": None, "final": None, "meter": ""}
+
             def words():
                 return shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records
 
@@ -201,15 +205,21 @@ class WordsVsWorldsTab:
                     add_token(shaded, records, item)
                     yield *words(), skip, skip, skip, skip, timeline
                 elif isinstance(item, StepFrame):
-                    meter = describe_render_stats(item.stats, item.total_steps, render_options.guidance_scale, note)
-                    yield skip, skip, skip, skip, item.noisy, item.x0 if item.x0_decoded else skip, skip, meter, skip
+                    worlds["noisy"] = item.noisy
+                    worlds["x0"] = item.x0 if item.x0_decoded else worlds["x0"]
+                    worlds["meter"] = describe_render_stats(item.stats, item.total_steps,
+                                                            render_options.guidance_scale, note)
+                    yield (skip, skip, skip, skip, item.noisy, item.x0 if item.x0_decoded else skip, skip,
+                           worlds["meter"], skip)
                 elif isinstance(item, RenderResult):
                     for warning in item.warnings:
                         gr.Warning(warning)
-                    meter = describe_render_stats(item.stats, render_options.steps, render_options.guidance_scale,
-                                                  note)
-                    yield skip, skip, skip, skip, skip, skip, item.image, meter, timeline
-            yield *words(), skip, skip, skip, skip, timeline  # the words' final meter ("stopped by ...")
+                    worlds["final"] = item.image
+                    worlds["meter"] = describe_render_stats(item.stats, render_options.steps,
+                                                            render_options.guidance_scale, note)
+                    yield skip, skip, skip, skip, skip, skip, item.image, worlds["meter"], timeline
+            # The last message holds every output (what an API caller receives), with the words' final meter.
+            yield *words(), worlds["noisy"], worlds["x0"], worlds["final"], worlds["meter"], timeline
 
     def build(self) -> None:
         """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
