@@ -10,6 +10,7 @@ WORDSWORLDS_SCREENSHOTS=docs/screenshots the tests also write the README's scree
 from __future__ import annotations
 
 import http.server
+import logging
 import os
 import shutil
 import socketserver
@@ -34,9 +35,22 @@ SIZES = BOTH_SIZES if SHOTS else [("phone", PHONE)]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class ServerErrors(logging.Handler):
+    """Collects what the server logs at ERROR level (a traceback in the console is a defect too)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(self.format(record))
+
+
 @pytest.fixture(scope="module")
 def live_url():
-    """The app as `python app.py` serves it (FastAPI, /gradio.js, MCP), on loopback in this process."""
+    """The app as `python app.py` serves it (FastAPI, /gradio.js, MCP), on loopback in this process.
+    At the end, nothing may have been logged at ERROR level (e.g. h11's "Too little data for declared
+    Content-Length" when a cached picture was rewritten while a browser read it)."""
     import uvicorn
 
     from wordsworlds.ui import CSS, build_demo
@@ -45,6 +59,10 @@ def live_url():
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(build_demo(TINY), css=CSS), host="127.0.0.1", port=port,
                                            log_level="warning"))
+    errors = ServerErrors()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn.asgi", "gradio")]
+    for logger in loggers:
+        logger.addHandler(errors)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -52,6 +70,9 @@ def live_url():
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+    for logger in loggers:
+        logger.removeHandler(errors)
+    assert errors.records == []
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +120,9 @@ def shoot(page, name: str, results: str | None = None) -> None:
 
 
 def on_first_screen(page, selector: str) -> bool:
-    """Whether the element's top is within the window as the page now stands (no scrolling by the test)."""
+    """Whether the element fills part of the window as the page now stands (no scrolling by the test)."""
     box = page.locator(selector).first.bounding_box()
-    return box is not None and 0 <= box["y"] < page.viewport_size["height"]
+    return box is not None and box["y"] < page.viewport_size["height"] and box["y"] + box["height"] > 100
 
 
 def wait_for_text(locator, text: str, timeout_s: float = 60) -> None:
@@ -231,3 +252,15 @@ def test_the_app_is_an_mcp_server_with_the_tabs_as_tools(live_url):
     assert {"generate_text", "render_image", "run_hybrid"} <= set(tools)
     assert "diffusion model" in tools["render_image"]["description"]
     assert "steps" in json.dumps(tools["render_image"]) and "https://" not in json.dumps(tools)
+
+
+def test_every_endpoint_names_its_values_and_gives_local_examples():
+    from wordsworlds.ui import build_demo
+
+    info = build_demo(TINY).get_api_info()["named_endpoints"]
+    assert {"/generate_text", "/render_image", "/compare", "/explore_noise", "/diffusion_tokens", "/embed_words",
+            "/tokenize_words", "/run_hybrid"} <= set(info)
+    for name, endpoint in info.items():
+        for value in endpoint["parameters"] + endpoint["returns"]:
+            assert not value["label"].startswith(("value_", "parameter_")), (name, value["label"])
+        assert "https://" not in str(endpoint["parameters"]), name
