@@ -226,3 +226,11 @@ def test_a_blank_layer_means_the_middle_one_as_text_or_none():
                                   default)
     with pytest.raises(InputError, match="whole number"):
         parse_layer("middle")
+
+
+@pytest.mark.parametrize("layer", ["1e400", "nan", "-inf", "2.5", True])
+def test_a_layer_that_is_not_a_whole_finite_number_is_refused(layer):
+    from wordsworlds.explore.explorer import parse_layer
+
+    with pytest.raises(InputError, match="LLM layer"):
+        parse_layer(layer)

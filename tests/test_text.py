@@ -144,3 +144,10 @@ def test_the_default_answers_keep_the_full_precision_model_quality(text_generato
     answer = text_generator.generate("What is 2 plus 2?", max_new_tokens=16).text
     assert "4" in answer or "four" in answer.lower()
     assert "\ufffd" not in text_generator.generate(PROMPT, max_new_tokens=24).text
+
+
+@pytest.mark.parametrize("prompt", ["a\x00b", "red \x1b[31mcircle", "bell\x07"])
+def test_control_characters_are_refused_with_a_clear_message(prompt):
+    with pytest.raises(InputError, match="control characters"):
+        check_prompt(prompt)
+    assert check_prompt("two lines\n\tand a tab") == "two lines\n\tand a tab"

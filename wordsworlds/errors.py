@@ -16,6 +16,7 @@ never silently clamped.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # one limit for every prompt, words and worlds alike
@@ -41,6 +42,9 @@ def check_text(value, what: str = "the prompt", max_chars: int = MAX_PROMPT_CHAR
         raise InputError(f"{what} is empty; type a few words")
     if len(value) > max_chars:
         raise InputError(f"{what} is {len(value):,} characters; the limit is {max_chars:,}")
+    control = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cc" and c not in "\n\t\r"})
+    if control:
+        raise InputError(f"{what} contains control characters ({', '.join(control[:3])}); type plain text")
     return value
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ModelUnavailable
+from ..errors import InputError, ModelUnavailable, check_number
 from ..presets import Preset
 from . import projection as proj
 from .spaces import SPACES, Sources, count_cached, embed, rendered_images
@@ -86,9 +86,7 @@ def parse_layer(llm_layer) -> int | None:
             llm_layer = float(llm_layer.strip())
         except ValueError:
             raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}") from None
-    if isinstance(llm_layer, bool) or not isinstance(llm_layer, (int, float)) or int(llm_layer) != llm_layer:
-        raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}")
-    return int(llm_layer)
+    return check_number("the LLM layer", llm_layer, int)
 
 
 def validate_spaces(spaces) -> list[str]:
