@@ -13,7 +13,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import ModelUnavailable
-from ..models import load_describer, load_diffusion, load_llm, reports
+from ..models import reports
 from ..presets import Preset
 from .common import install_atomic_image_cache
 from .explorer import ExplorerTab
@@ -76,6 +76,4 @@ def build_demo(preset: Preset) -> gr.Blocks:
 def warm_up(preset: Preset) -> None:
     """Load the preset's models before the first visitor arrives (the first GGUF start converts
     for ~25 s with a progress bar in the console; later starts read the cache)."""
-    load_llm(preset)
-    load_diffusion(preset)
-    load_describer(preset)
+    reports(preset)  # every role: the LLM, diffusion, the meaning encoder, the describer

@@ -31,24 +31,15 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-class LocalExampleImage(gr.Image):
-    """An image input whose API and MCP example is one of the app's own pictures, served by the app
-    (`/gradio_api/file=...`), not gr.Image's default, an internet URL that an offline machine cannot fetch."""
-
-    is_template = True  # drawn by the frontend as a plain gr.Image
-    example = ""  # the picture's path, set by local_example_image
-
-    def example_payload(self):
-        return {"path": self.example, "url": f"/gradio_api/file={self.example}", "meta": {"_type": "gradio.FileData"}}
-
-    def example_value(self):
-        return self.example
-
-
-def local_example_image(example: str, **kwargs) -> LocalExampleImage:
-    """A gr.Image (same arguments) whose API example is the local file `example`."""
-    image = LocalExampleImage(**kwargs)
-    image.example = example
+def local_example_image(example: str, **kwargs) -> gr.Image:
+    """A gr.Image (same arguments) whose API and MCP example is the local file `example`, served by the
+    app (`/gradio_api/file=...`), instead of gr.Image's default, an internet URL that an offline machine
+    cannot fetch. Set on the instance: a subclass of a Gradio component makes Gradio write a .pyi stub
+    beside this module at import."""
+    image = gr.Image(**kwargs)
+    payload = {"path": example, "url": f"/gradio_api/file={example}", "meta": {"_type": "gradio.FileData"}}
+    image.example_payload = lambda: payload
+    image.example_value = lambda: example
     return image
 
 
