@@ -48,9 +48,9 @@ def test_a_planted_failure_makes_the_loop_refine_until_it_passes(planner):
     assert rounds[1].seed != rounds[0].seed and "redrew" in rounds[1].action
 
 
-def test_the_round_cap_holds(planner):
+def test_the_round_cap_holds():
     never = lambda target, seen: CheckResult(checks={"shape": False}, findings=["never"])  # noqa: E731
-    assert len(list(run_hybrid(TINY, "a sunset over the sea", checker=never, rounds=2, steps=8))) == 2
+    assert len(list(run_hybrid(TINY, DIRECT, checker=never, rounds=2, plan=False, steps=8))) == 2
     with pytest.raises(InputError, match="rounds"):
         validate_hybrid_options(rounds=MAX_ROUNDS + 1)
 
