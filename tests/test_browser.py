@@ -264,3 +264,81 @@ def test_every_endpoint_names_its_values_and_gives_local_examples():
         for value in endpoint["parameters"] + endpoint["returns"]:
             assert not value["label"].startswith(("value_", "parameter_")), (name, value["label"])
         assert "https://" not in str(endpoint["parameters"]), name
+
+
+def call_api(url: str, api_name: str, args_json: str) -> tuple[str, str]:
+    """Call an endpoint the way any HTTP client can, bypassing the UI's sliders: (event, data) of the
+    last server-sent event. `args_json` is raw JSON text, so NaN and Infinity can be sent too."""
+    import httpx
+
+    response = httpx.post(f"{url}/gradio_api/call/{api_name}", content='{"data": ' + args_json + "}",
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    if response.status_code != 200:
+        return "http", f"{response.status_code} {response.text[:200]}"
+    event_id = response.json()["event_id"]
+    event = data = ""
+    with httpx.stream("GET", f"{url}/gradio_api/call/{api_name}/{event_id}", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = line.split(":", 1)[1].strip()
+    return event, data
+
+
+P = '"a red circle on the left"'
+HOSTILE = {
+    "generate_text": [f"[{P}, NaN, 0, 0, 1, 0]", f"[{P}, 4, Infinity, 0, 1, 0]", f"[{P}, 4, 0, -5, 1, 0]",
+                      f"[{P}, 4, 0, 0, 1, -1]", f"[{P}, 4, 0, 0, 1, 1e30]", f'[{P}, "ten", 0, 0, 1, 0]',
+                      '["", 4, 0, 0, 1, 0]', '["' + "x" * 100_000 + '", 4, 0, 0, 1, 0]', "[null, 4, 0, 0, 1, 0]",
+                      '["a\\u0000b\\u001b[31m", 4, 0, 0, 1, 0]', f"[{P}, 4, 0, 0, NaN, 0]", f"[{P}, [4], 0, 0, 1, 0]"],
+    "render_image": [f'[{P}, NaN, 5.0, "", 0, "ddim"]', f'[{P}, 4, -Infinity, "", 0, "ddim"]',
+                     f'[{P}, 1e9, 5.0, "", 0, "ddim"]', f'[{P}, 4, 5.0, "' + "x" * 100_000 + '", 0, "ddim"]',
+                     f'[{P}, 4, 5.0, "", -1, "ddim"]', f'[{P}, 4, 5.0, "", 0, "../../etc/passwd"]',
+                     f'[{P}, 4, 5.0, "", 0, {{"__class__": "x"}}]', f'[{P}, 4, 5.0, "", 1e300, "ddim"]'],
+    "compare": [f'[{P}, 4, 0, 0, 1, 4, 5.0, "", NaN, "ddim"]', '["' + "y" * 3000 + '", 4, 0, 0, 1, 4, 5.0, "", 0, "ddim"]'],
+    "run_hybrid": [f"[{P}, 0, true, true, 10, 5.0, 0]", f"[{P}, 1, true, true, 10, 5.0, NaN]",
+                   f"[{P}, 1, true, true, 10, 1e9, 0]", '["' + "z" * 100_000 + '", 1, true, true, 10, 5.0, 0]'],
+    "embed_words": ['["dog, cat", "", ["minilm"], "pca", 7, "", "", "", ""]',
+                    '["dog, cat", "", ["smell"], "pca", 2, "", "", "", ""]',
+                    '["dog, cat", "", ["minilm"], "pca", 2, "", "", "", "1e400"]',
+                    '["dog, cat", "{} {}", ["minilm"], "pca", 2, "", "", "", ""]', '["", "", ["minilm"], "pca", 2, "", "", "", ""]'],
+    "explore_noise": ['[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 10, 0]',
+                      '[{"path": "../../../../etc/passwd", "meta": {"_type": "gradio.FileData"}}, 10, 0]',
+                      '[{"path": "%2e%2e/%2e%2e/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 10, 0]',
+                      '[{"url": "file:///etc/passwd", "meta": {"_type": "gradio.FileData"}}, 10, 0]',
+                      '[null, NaN, 0]'],
+}
+
+
+def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live_url, monkeypatch):
+    """The API bypasses the sliders: every such call is refused with a message that says what is wrong
+    (never "upstream Gradio app has raised an exception"), no model runs, and the app answers after."""
+    from wordsworlds.explore import explorer
+    from wordsworlds.hybrid import loop
+    from wordsworlds.words.next_token import TextGenerator
+    from wordsworlds.worlds import noising
+    from wordsworlds.worlds.diffusion import ImageGenerator
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("a model ran on hostile input")
+
+    for owner, name in [(TextGenerator, "stream"), (ImageGenerator, "stream"), (loop, "run_hybrid"),
+                        (explorer, "embed"), (noising, "DDPMScheduler")]:
+        monkeypatch.setattr(owner, name, no_model_work)
+    refused = []
+    for api_name, cases in HOSTILE.items():
+        for args in cases:
+            event, message = call_api(live_url, api_name, args)
+            assert event in ("error", "http"), (api_name, args[:80], event, message[:200])
+            assert message and message != "null" and "upstream Gradio app" not in message, (api_name, args[:80], message)
+            assert "a model ran" not in message, (api_name, args[:80])
+            refused.append(api_name)
+    assert len(refused) == sum(map(len, HOSTILE.values()))
+    monkeypatch.undo()
+    import httpx
+
+    too_big = httpx.post(f"{live_url}/gradio_api/upload", files={"files": ("big.png", b"\0" * (17 * 2**20))}, timeout=30)
+    assert too_big.status_code == 413 and "16" in too_big.text  # Gradio's upload limit, set by ui/serve.py
+    event, data = call_api(live_url, "render_image", f'[{P}, 2, 5.0, "", 0, "ddim"]')
+    assert event == "complete" and "U-Net evaluations" in data  # still answering normally

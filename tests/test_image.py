@@ -220,3 +220,28 @@ def test_token_chips_show_whole_characters_and_the_end_token_by_name():
     text, image = mark_stopped("5 tokens · stopped by …", "step **3/20** · 6 U-Net evaluations")
     assert "Stop pressed" in text and "Stop pressed" in image
     assert mark_stopped("stopped by eos", "step 20/20 · done") == ("stopped by eos", "step 20/20 · done")
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG file whose header claims width x height, with no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_huge_upload_is_refused_from_its_header_before_decoding(engine, tmp_path):
+    # The file holds no pixels: were it decoded, the error would be a decoding error, not the size limit.
+    with pytest.raises(InputError, match="12000x12000; the limit is 4096x4096"):
+        noise_image(engine.pipe, str(png_header(tmp_path / "huge.png", 12000, 12000)), 10)
+    with pytest.raises(InputError, match="not an image this app can read"):
+        noise_image(engine.pipe, str(png_header(tmp_path / "empty.png", 64, 64)), 10)
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(InputError, match="not an image this app can read"):
+        noise_image(engine.pipe, str(tmp_path / "text.png"), 10)
+    assert noise_image(engine.pipe, "examples/images/three_shapes.png", 10).noisy.size == (64, 64)

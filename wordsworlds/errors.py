@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # one limit for every prompt, words and worlds alike
+MAX_IMAGE_SIDE = 4096  # pixels, for any picture a person uploads
+MAX_UPLOAD = "16mb"  # Gradio's limit on any uploaded file (ui/serve.py)
 
 
 class InputError(ValueError):
@@ -85,3 +91,32 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
     return value
+
+
+def check_image(image) -> Image.Image:
+    """An uploaded picture as RGB: a PIL image, an RGB(A) array, or a file path. A file is checked from
+    its header, before its pixels are decoded: a 12000x12000 PNG is refused without ~500 MB of decoding."""
+    if isinstance(image, (str, Path)):
+        unreadable = "that file is not an image this app can read (PNG or JPEG)"
+        try:
+            opened = Image.open(image)  # lazy: reads the header only
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputError(f"{unreadable}: {type(error).__name__}") from None
+        with opened:
+            _check_size(*opened.size)
+            try:
+                opened.load()
+            except (OSError, ValueError, SyntaxError) as error:  # PIL's own errors for broken image data
+                raise InputError(f"{unreadable}: {type(error).__name__}") from None
+            image = opened.copy()
+    elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4) and image.dtype == np.uint8:
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise InputError("upload an image file (PNG or JPEG)")
+    _check_size(image.width, image.height)
+    return image.convert("RGB")
+
+
+def _check_size(width: int, height: int) -> None:
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise InputError(f"the image is {width}x{height}; the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels")

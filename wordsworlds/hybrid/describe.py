@@ -9,34 +9,21 @@ presets describe in free text with a vision-language model (SmolVLM) and read no
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import check_image
 from ..models import Describer, load_describer
 from ..presets import Preset
 from ..world.scene import Scene, caption
 
 DESCRIBE_PROMPT = "Describe this picture in one sentence."
 MAX_DESCRIPTION_TOKENS = 96
-MAX_PIXELS = 4096 * 4096
-
-
-def check_picture(image) -> Image.Image:
-    """A PIL image (or an RGB array) of at most 4096x4096 pixels, as RGB."""
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = Image.fromarray(image.astype(np.uint8))
-    if not isinstance(image, Image.Image):
-        raise InputError("the describer needs an image (PNG or JPEG)")
-    if image.width * image.height > MAX_PIXELS:
-        raise InputError(f"the image is {image.width}x{image.height}; the limit is 4096x4096 pixels")
-    return image.convert("RGB")
 
 
 def describe(preset: Preset, image) -> tuple[Scene | None, str]:
     """(scene or None, a caption of what the picture shows)."""
-    image = check_picture(image)
+    image = check_image(image)
     describer = load_describer(preset)
     if describer.recognizer is None:
         return None, describe_image(describer, image)

@@ -62,8 +62,10 @@ class InsideDiffusion:
             gr.Markdown("**Noising vs denoising.** Training adds noise to an image up to step *t*; the model learns "
                         "to guess the clean image back. Move *t* and watch both.")
             with gr.Row():
+                # A file path, not a decoded picture: noise_image reads its size from the header before decoding.
                 source = local_example_image(EXAMPLE_IMAGES[0], label="Image (a render, an example, or an upload)",
-                                         type="pil", height=200, value=EXAMPLE_IMAGES[0], elem_classes="ww-pixels")
+                                             type="filepath", image_mode=None, height=200, value=EXAMPLE_IMAGES[0],
+                                             elem_classes="ww-pixels")
                 noisy = gr.Image(label="Noised to t (forward)", type="pil", height=200, buttons=[],
                                  elem_classes="ww-pixels")
                 denoised = gr.Image(label="The model's guess from it (reverse, one step)", type="pil", height=200,

@@ -19,6 +19,8 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from ..errors import MAX_UPLOAD
+
 WEB_COMPONENT_LOADER = Path(gr.__file__).parent / "templates" / "frontend" / "gradio.js"
 
 
@@ -32,4 +34,5 @@ def create_app(demo: gr.Blocks, css: str = "", theme=None) -> FastAPI:
         return Response(loader, media_type="text/javascript", headers={"Access-Control-Allow-Origin": "*"})
 
     demo.queue(default_concurrency_limit=2, max_size=64)
-    return gr.mount_gradio_app(app, demo, path="/", mcp_server=True, theme=theme or gr.themes.Soft(), css=css)
+    return gr.mount_gradio_app(app, demo, path="/", mcp_server=True, theme=theme or gr.themes.Soft(), css=css,
+                               max_file_size=MAX_UPLOAD)

@@ -22,11 +22,8 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from ..errors import InputError, check_number, check_prompt, check_seed
+from ..errors import check_image, check_number, check_prompt, check_seed
 from .diffusion import decode_latents
-
-MAX_PIXELS = 4096 * 4096
-
 
 def tokenize_prompt(tokenizer, prompt: str) -> tuple[list[str], int]:
     """(tokens, limit): how the diffusion text encoder splits a prompt; tokens past the limit are cut."""
@@ -49,14 +46,6 @@ class NoisingResult:
     noise: float  # sqrt(1 - alpha_bar_t)
 
 
-def check_image(image) -> Image.Image:
-    if not isinstance(image, Image.Image):
-        raise InputError("upload an image file (PNG or JPEG)")
-    if image.width * image.height > MAX_PIXELS:
-        raise InputError(f"the image is {image.width}x{image.height}; the limit is 4096x4096 pixels")
-    return image
-
-
 @torch.inference_mode()
 def noise_image(pipe, image, timestep: int, seed: int = 0, prompt: str = "") -> NoisingResult:
     """The forward process (encode, noise to t, decode) beside one reverse step (predict x0 from x_t).
@@ -67,7 +56,7 @@ def noise_image(pipe, image, timestep: int, seed: int = 0, prompt: str = "") -> 
     seed = check_seed(seed)
     forward = DDPMScheduler.from_config(pipe.scheduler.config)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = np.asarray(image.convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
+    pixels = np.asarray(image.resize((side, side), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
     vae, unet = pipe.vae, pipe.unet
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
     latents = (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).to(unet.device, unet.dtype)
