@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,10 @@ def check_image(image) -> Image.Image:
     if isinstance(image, (str, Path)):
         unreadable = "that file is not an image this app can read (PNG or JPEG)"
         try:
-            opened = Image.open(image)  # lazy: reads the header only
-        except (UnidentifiedImageError, OSError) as error:
+            with warnings.catch_warnings():  # the size is checked just below, with a clearer message
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(image)  # lazy: reads the header only
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise InputError(f"{unreadable}: {type(error).__name__}") from None
         with opened:
             _check_size(*opened.size)
