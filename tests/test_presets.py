@@ -293,3 +293,28 @@ def test_the_meaning_encoder_loads_from_the_mirror(mirrored):
 def test_a_preset_whose_diffusion_folder_is_replaced_loads_that_folder(mirrored, mirror_folder):
     preset = replace(mirrored("tiny"), diffusion=str(mirror_folder / "stabilityai/sd-turbo"))
     assert models.load_diffusion(preset).report.source.endswith("sd-turbo")
+
+
+def test_models_of_every_kind_load_at_once_from_many_threads(mirrored):
+    """A room's first requests arrive together: loads of different kinds at the same moment must not
+    corrupt each other (transformers builds models on `meta` by patching torch process-wide)."""
+    import threading
+
+    preset = mirrored("sd15")
+    loaders = [models.load_llm, models.load_diffusion, models.load_sentence_encoder, models.load_describer] * 3
+    errors, barrier = [], threading.Barrier(len(loaders))
+
+    def load(loader):
+        barrier.wait()
+        try:
+            loader(preset)
+        except Exception as error:  # noqa: BLE001  (reported below)
+            errors.append(f"{loader.__name__}: {type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=load, args=(loader,)) for loader in loaders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(p.device.type == "cpu" for p in models.load_llm(preset).model.parameters())

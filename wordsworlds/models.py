@@ -63,14 +63,20 @@ class Report:
         return f"{self.role}: {self.source} on {self.device}, {self.dtype}" + (f" ({notes})" if notes else "")
 
 
+# One lock for every loader, not one each: from_pretrained builds a model on the `meta` device by
+# patching torch.nn.Module process-wide, so two loads at once (the LLM for one request, the pipeline
+# for another) can leave one model's weights on `meta` ("Cannot copy out of meta tensor"). Loads are
+# rare (once per model per process); serialising them costs nothing after start-up.
+_LOADING = threading.RLock()
+
+
 def once_per_process(fn):
-    """lru_cache, with a lock so that concurrent first requests load a model once, not twice."""
+    """lru_cache under the loading lock: a model is loaded once, and never beside another load."""
     cached = functools.lru_cache(maxsize=4)(fn)
-    lock = threading.RLock()
 
     @functools.wraps(fn)
     def load(*args):
-        with lock:
+        with _LOADING:
             return cached(*args)
 
     load.cache_clear = cached.cache_clear
