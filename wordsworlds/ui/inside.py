@@ -63,7 +63,7 @@ class InsideDiffusion:
                         "to guess the clean image back. Move *t* and watch both.")
             with gr.Row():
                 # A file path, not a decoded picture: noise_image reads its size from the header before decoding.
-                source = local_example_image(EXAMPLE_IMAGES[0], label="Image (a render, an example, or an upload)",
+                source = local_example_image(EXAMPLE_IMAGES[0], label="Image to noise",
                                              type="filepath", image_mode=None, height=200, value=EXAMPLE_IMAGES[0],
                                              elem_classes="ww-pixels")
                 noisy = gr.Image(label="Noised to t (forward)", type="pil", height=200, buttons=[],
