@@ -1,9 +1,11 @@
 """Words engine benchmark: speed and quality of each LLM precision option, against fp32 in the same run.
 
-    python benchmarks/bench_text.py [--tokens 48] [--repeats 3]
+    python benchmarks/bench_text.py [--tokens 48] [--repeats 3] [--threads N]
 
 Speed: decode tokens/s and time to first token, for plain `model.generate` in fp32 (the
-baseline a user would write first) and for the engine's own token loop at each precision.
+baseline a user would write first), for the engine's own token loop at each precision, and,
+for comparison, for llama.cpp on the same GGUF file the engine's weights are converted from
+(`pip install -r requirements-bench.txt`; without it the row says so). All on the same threads.
 Quality, beside every speed figure (a speed-up counts only at unchanged quality):
 - perplexity on held-out text the model never saw in this project (a few paragraphs below);
 - greedy agreement with fp32: the share of answer tokens that match fp32's, position by
@@ -27,9 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from wordsworlds.accel import optimize_llm  # noqa: E402
-from wordsworlds.models import load_llm  # noqa: E402
+from wordsworlds.models import load_llm, package_file  # noqa: E402
 from wordsworlds.presets import get_preset  # noqa: E402
 from wordsworlds.words.next_token import TextGenerator  # noqa: E402
+
+try:
+    import xllamacpp  # llama.cpp, from requirements-bench.txt
+except ImportError:
+    xllamacpp = None
 
 PROMPT_30 = ("Explain in simple words how a painter starts from a blank white canvas, sketches the main shapes, "
              "and then slowly adds colour and fine detail until the picture")
@@ -92,6 +99,63 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float
     return matched / total, sum(a == b for a, b in zip(reference, other))
 
 
+class LlamaCpp:
+    """llama.cpp in this process through xllamacpp's embedded server: its OpenAI-style completions
+    endpoint called directly, no HTTP round trip (it does listen too, on a free local port)."""
+
+    def __init__(self, gguf: Path, threads: int):
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_ctx, params.n_parallel, params.port, params.verbosity = 2048, 1, 0, -1
+        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads  # decode and prefill
+        self.server = xllamacpp.Server(params)
+
+    def complete(self, prompt: str | list[int], **request) -> dict:
+        """Greedy (temperature 0: argmax). A prompt given as token ids is used as is, with no BOS added."""
+        return self.server.handle_completions({"prompt": prompt, "temperature": 0.0, **request})
+
+    def bench(self, tokens: int) -> tuple[float, float]:
+        """Timed as the engine times itself: from the call to the first streamed token, then
+        (new tokens - 1) / the rest. Without the prompt cache, so each run prefills afresh like the engine."""
+        times, usage = [], {}
+        start = time.perf_counter()
+
+        def on_chunk(chunk: dict) -> None:
+            times.append(time.perf_counter() - start)
+            usage.update(chunk.get("usage") or {})
+
+        self.server.handle_completions({"prompt": PROMPT_30, "max_tokens": tokens, "temperature": 0.0,
+                                        "stream": True, "cache_prompt": False}, on_chunk)
+        return (usage["completion_tokens"] - 1) / (times[-1] - times[0]), times[0]
+
+    def perplexity(self, tokenizer) -> float:
+        """Its API returns no log-probs for prompt tokens (completions refuse `echo`), so each held-out
+        token is forced as the one next token after its prefix (logit_bias +100; the prefix comes from
+        the prompt cache) and its log-prob read back. `n_probs` reports the softmax of the raw logits
+        (temperature 1, before the sampling chain: bias, temperature, top-k/p; `post_sampling_probs`
+        would report after it), so forcing the token leaves its log-prob unchanged."""
+        nll, count = 0.0, 0
+        for text in HELD_OUT:
+            ids = tokenizer(text).input_ids  # the same token ids as `perplexity`
+            for i in range(1, len(ids)):
+                step = self.complete(ids[:i], max_tokens=1, n_probs=1, logit_bias=[[ids[i], 100]])
+                step = step["choices"][0]["logprobs"]["content"][0]
+                assert step["id"] == ids[i], step
+                nll -= step["logprob"]
+            count += len(ids) - 1
+        return math.exp(nll / count)
+
+    def answers(self, generator: TextGenerator, tokens: int) -> list[list[int]]:
+        """Greedy answers to the prompt token ids the engine builds (the same chat template, applied by
+        the same tokenizer), compared as token ids."""
+        out = []
+        for prompt in CHAT_PROMPTS:
+            ids = generator.encode_prompt(prompt, chat=True)[0].tolist()
+            content = self.complete(ids, max_tokens=tokens, n_probs=1)["choices"][0]["logprobs"]["content"]
+            out.append([step["id"] for step in content])
+        return out
+
+
 def app_start_seconds() -> float:
     """Time for a fresh process to import the app and load the tiny preset's models (caches warm)."""
     code = ("import time; t=time.perf_counter(); import app; from wordsworlds.ui import warm_up; "
@@ -106,14 +170,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--answer-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for torch and llama.cpp")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     llm = load_llm(get_preset("tiny"))
     model, tokenizer = llm.model, llm.tokenizer
     prompt_tokens = len(tokenizer(PROMPT_30).input_ids)
     best = lambda runs: (max(r[0] for r in runs), min(r[1] for r in runs))  # noqa: E731
     baseline = best([bench_generate(model, tokenizer, args.tokens) for _ in range(args.repeats)])
-    reference = answers(TextGenerator(model, tokenizer), args.answer_tokens)
+    fp32 = TextGenerator(model, tokenizer)
+    reference = answers(fp32, args.answer_tokens)
     rows = [("model.generate, fp32 (baseline)", *baseline, perplexity(model, tokenizer), 1.0, len(reference))]
     for precision in ("fp32", "bf16", "int8"):
         optimized, ran = optimize_llm(model, precision)
@@ -122,6 +189,13 @@ def main() -> None:
         speed = best([bench_engine(generator, args.tokens) for _ in range(args.repeats)])
         rows.append((f"engine, {ran}", *speed, perplexity(optimized, tokenizer),
                      *agreement(reference, answers(generator, args.answer_tokens))))
+    llama_row = "llama.cpp (xllamacpp), same GGUF"
+    if xllamacpp is not None:
+        llama = LlamaCpp(package_file(get_preset("tiny").llm), args.threads)
+        llama.bench(4)  # warm-up
+        speed = best([llama.bench(args.tokens) for _ in range(args.repeats)])
+        rows.append((f"{llama_row}, {xllamacpp.__version__}", *speed, llama.perplexity(tokenizer),
+                     *agreement(reference, llama.answers(fp32, args.answer_tokens))))
     print(f"\n{args.tokens} new tokens, {prompt_tokens}-token prompt, best of {args.repeats}; quality: perplexity on "
           f"{len(HELD_OUT)} held-out paragraphs, greedy agreement with fp32 over {len(CHAT_PROMPTS)} chat prompts "
           f"({args.answer_tokens} tokens each)")
@@ -130,6 +204,8 @@ def main() -> None:
     for name, tps, ttft, ppl, share, same in rows:
         print(f"{name:<66}{tps:>13.1f}{tps / baseline[0]:>8.2f}{ttft:>12.3f}{ppl:>11.2f}{share:>14.1%}"
               f"{f'{same}/{len(CHAT_PROMPTS)}':>15}")
+    if xllamacpp is None:
+        print(f"{llama_row:<66}not installed (pip install -r requirements-bench.txt)")
     starts = [app_start_seconds() for _ in range(2)]
     print(f"\napp start to ready (imports + tiny models), first and second run: "
           f"{starts[0]:.1f} s, {starts[1]:.1f} s")

@@ -13,6 +13,7 @@ instruct models, a server-side cap on new tokens, and cancellation between token
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,8 +21,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError, check_number, check_prompt, check_seed
+from ..gpu import on_zero_gpu
 from ..models import LLM, Report, load_llm
 from ..presets import Preset
+from ..serving import InLine
+from .batching import TokenJob, TokenLoop
 
 MAX_NEW_TOKENS_CAP = 256  # the server's cap, whatever the caller asks
 MAX_TOP_N = 20
@@ -76,6 +80,7 @@ class GenerationStats:
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
     stopped_by: str = ""  # "" while running, then "eos", "max_new_tokens" or "cancelled"
+    batch_size: int = 0  # the most requests one of this run's forward passes served (1: alone)
 
     @property
     def tokens_per_s(self) -> float:
@@ -110,19 +115,75 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-class TextGenerator:
-    """Token-by-token generation with a KV cache, one forward pass per new token."""
+class _Sequence:
+    """One request's decoding: sampling with its own settings and seed, the text so far, the stop
+    rule. The same for a request decoded alone and one decoded in a batch (words/batching.py)."""
 
-    def __init__(self, model, tokenizer, report: Report | None = None):
+    def __init__(self, engine: "TextGenerator", options: DecodingOptions, stats: GenerationStats, started: float):
+        self.engine, self.options, self.stats, self.started = engine, options, stats, started
+        self.random = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+        self.generated: list[int] = []
+        self.text_so_far = ""
+
+    def take(self, logits: torch.Tensor, batch_size: int = 1) -> tuple[TokenStep, bool]:
+        """The next token from this sequence's logits: (its TokenStep, whether the sequence ended)."""
+        options, stats, index = self.options, self.stats, len(self.generated)
+        logits = logits.float().cpu()
+        probs = logits.softmax(-1)
+        if options.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            filtered = filter_logits(logits / options.temperature, options.top_k, options.top_p)
+            token = int(torch.multinomial(filtered.softmax(-1), 1, generator=self.random))
+        top = torch.topk(probs, options.top_n)
+        self.generated.append(token)
+        end = token in self.engine.stop_ids
+        last = end or index + 1 == options.max_new_tokens
+        # Decode the whole sequence so far, never token by token: a character can span several
+        # byte-level tokens. A trailing "\ufffd" is a character still incomplete; it is held back
+        # until its last byte arrives (or the run ends), so no token ever shows half a character.
+        text = self.engine.tokenizer.decode(self.generated, skip_special_tokens=True)
+        stable = text if last else text.rstrip("\ufffd")
+        piece, self.text_so_far = stable[len(self.text_so_far):], stable
+        now = time.perf_counter() - self.started
+        if index == 0:
+            stats.time_to_first_token_s = now
+        stats.new_tokens, stats.total_s, stats.forward_passes = index + 1, now, stats.forward_passes + 1
+        stats.batch_size = max(stats.batch_size, batch_size)
+        if last:
+            stats.stopped_by = "eos" if end else "max_new_tokens"
+        step = TokenStep(
+            index=index, token_id=token, text=piece, prob=float(probs[token]),
+            top=[(self.engine.token_label(int(i)), float(p)) for p, i in zip(top.values, top.indices)],
+            elapsed_s=now, end=end,
+        )
+        return step, last
+
+    def cancel(self) -> None:
+        self.stats.stopped_by = "cancelled"
+        self.stats.total_s = time.perf_counter() - self.started
+
+
+class TextGenerator:
+    """Token-by-token generation with a KV cache, one forward pass per new token.
+
+    With `batching` (the app's default), every request is served by the model's one TokenLoop,
+    which decodes all active requests in one forward pass per step (words/batching.py); without
+    it (the baseline, and ZeroGPU where each call runs in a process of its own), each request
+    runs its own loop. Both give the same tokens and probabilities."""
+
+    def __init__(self, model, tokenizer, report: Report | None = None, batching: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.report = report  # what runs (models.Report)
+        self.stop_ids = {self.tokenizer.eos_token_id} | set(self._extra_stop_ids())
+        self.loop = _token_loop(self) if batching else None
 
     @classmethod
     def load(cls, preset: Preset) -> "TextGenerator":
-        """The preset's LLM (loaded once per process, models.load_llm)."""
+        """The preset's LLM (loaded once per process, models.load_llm), batched unless the preset says not."""
         llm: LLM = load_llm(preset)
-        return cls(llm.model, llm.tokenizer, llm.report)
+        return cls(llm.model, llm.tokenizer, llm.report, batching=preset.accel.batching and not on_zero_gpu())
 
     def encode_prompt(self, prompt: str, chat: bool) -> torch.Tensor:
         if chat and self.tokenizer.chat_template:
@@ -133,64 +194,50 @@ class TextGenerator:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         return ids.to(self.model.device)
 
-    @torch.inference_mode()
+    def chat_head(self) -> list[int]:
+        """The tokens every chat prompt starts with (the template's system turn and the user marker):
+        their keys and values are computed once and shared (words/batching.py)."""
+        if not self.tokenizer.chat_template:
+            return []
+        a, b = (self.encode_prompt(text, chat=True)[0].tolist() for text in ("A", "7"))
+        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return a[:max(0, shared - 1)]  # one token short: the last shared one may belong to the message
+
     def stream(
         self, prompt: str, options: DecodingOptions | None = None, should_stop: Callable[[], bool] | None = None,
-        stats: GenerationStats | None = None, **option_kwargs,
-    ) -> Iterator[TokenStep]:
-        """Yield one TokenStep per generated token. Pass `stats` to read timing afterwards."""
+        stats: GenerationStats | None = None, line_updates: bool = False, **option_kwargs,
+    ) -> Iterator[TokenStep | InLine]:
+        """Yield one TokenStep per generated token. Pass `stats` to read timing afterwards. With
+        `line_updates`, InLine items say the request's place while it waits for the batch."""
         prompt = check_prompt(prompt)
         options = options or validate_options(**option_kwargs)
         stats = stats if stats is not None else GenerationStats()
-        started = time.perf_counter()
-        generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+        sequence = _Sequence(self, options, stats, time.perf_counter())
         ids = self.encode_prompt(prompt, options.chat)
         stats.prompt_tokens = ids.shape[1]
-        stop_ids = {self.tokenizer.eos_token_id} | set(self._extra_stop_ids())
-        output = self.model(input_ids=ids, use_cache=True)
-        stats.forward_passes = 1
-        generated: list[int] = []
-        text_so_far = ""
-        for index in range(options.max_new_tokens):
-            logits = output.logits[0, -1].float().cpu()
-            probs = logits.softmax(-1)
-            if options.greedy:
-                token = int(torch.argmax(logits))
-            else:
-                filtered = filter_logits(logits / options.temperature, options.top_k, options.top_p)
-                token = int(torch.multinomial(filtered.softmax(-1), 1, generator=generator))
-            top = torch.topk(probs, options.top_n)
-            generated.append(token)
-            # Decode the whole sequence so far, never token by token: a character can span several
-            # byte-level tokens. A trailing "\ufffd" is a character still incomplete; it is held back
-            # until its last byte arrives (or the run ends), so no token ever shows half a character.
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            last = index + 1 == options.max_new_tokens or token in stop_ids
-            stable = text if last else text.rstrip("\ufffd")
-            piece, text_so_far = stable[len(text_so_far):], stable
-            now = time.perf_counter() - started
-            if index == 0:
-                stats.time_to_first_token_s = now
-            stats.new_tokens, stats.total_s = index + 1, now
-            yield TokenStep(
-                index=index, token_id=token, text=piece, prob=float(probs[token]),
-                top=[(self.token_label(int(i)), float(p)) for p, i in zip(top.values, top.indices)],
-                elapsed_s=now, end=token in stop_ids,
-            )
-            if token in stop_ids:
-                stats.stopped_by = "eos"
-                break
+        if self.loop is not None:
+            job = TokenJob(ids, sequence.take, should_stop, sequence.cancel)
+            yield from self.loop.stream(job, line_updates)
+        else:
+            yield from self._stream_alone(ids, sequence, should_stop)
+        stats.total_s = time.perf_counter() - sequence.started
+
+    @torch.inference_mode()
+    def _stream_alone(self, ids: torch.Tensor, sequence: _Sequence, should_stop) -> Iterator[TokenStep]:
+        """The request on its own: one forward pass for the prompt, then one per token."""
+        output = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        while True:
+            step, last = sequence.take(output.logits[0, -1])
+            yield step
+            if last:
+                return
             if should_stop is not None and should_stop():
-                stats.stopped_by = "cancelled"
-                break
-            if index + 1 < options.max_new_tokens:
-                output = self.model(
-                    input_ids=torch.tensor([[token]], device=self.model.device), past_key_values=output.past_key_values,
-                    use_cache=True,
-                )
-                stats.forward_passes += 1
-        stats.stopped_by = stats.stopped_by or "max_new_tokens"
-        stats.total_s = time.perf_counter() - started
+                sequence.cancel()
+                return
+            output = self.model(
+                input_ids=torch.tensor([[step.token_id]], device=self.model.device),
+                past_key_values=output.past_key_values, use_cache=True,
+            )
 
     def token_label(self, token_id: int) -> str:
         """How a candidate token reads on its own: its text, or, for a byte-level token that is only
@@ -211,3 +258,15 @@ class TextGenerator:
             if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
                 ids.append(token_id)
         return ids
+
+
+_LOOPS: dict[int, TokenLoop] = {}
+_LOOPS_LOCK = threading.Lock()
+
+
+def _token_loop(engine: TextGenerator) -> TokenLoop:
+    """The model's one TokenLoop (a worker thread), made by the first engine that asks."""
+    with _LOOPS_LOCK:
+        if id(engine.model) not in _LOOPS:
+            _LOOPS[id(engine.model)] = TokenLoop(engine.model, engine.chat_head())
+        return _LOOPS[id(engine.model)]

@@ -34,8 +34,11 @@ from diffusers import (
 from PIL import Image
 
 from ..errors import MAX_PROMPT_CHARS, InputError, RenderError, check_choice, check_number, check_prompt, check_seed
+from ..gpu import on_zero_gpu
 from ..models import Report, load_diffusion
 from ..presets import Preset
+from ..serving import InLine
+from .batching import PREVIEW_SHARE, RenderJob, RenderLoop, x0_guess
 from .previews import LatentPreviewer
 
 SCHEDULERS = {
@@ -49,7 +52,6 @@ SCHEDULERS = {
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
 MAX_SIDE = 1024
-PREVIEW_SHARE = 0.15  # full x0 decodes may cost at most this share of the denoising time (plus the last)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class RenderStats:
     preview_s: float = 0.0  # time spent making the step previews
     total_s: float = 0.0
     stopped_by: str = ""  # "done" or "cancelled"
+    batch_size: int = 0  # the most renders one of this run's U-Net calls served (1: alone)
 
     @property
     def mean_step_s(self) -> float:
@@ -142,29 +145,43 @@ def pipeline_with_scheduler(pipe, scheduler: str = ""):
 
 
 class ImageGenerator:
-    """Renders with a shared pipeline; each render gets its own scheduler (`pipeline_with_scheduler`)."""
+    """Renders with a shared pipeline; each render gets its own scheduler (`pipeline_with_scheduler`).
 
-    def __init__(self, pipe: StableDiffusionPipeline, report: Report | None = None, preview_decoder=None):
+    With `batching` (the app's default), every render is served by the U-Net's one RenderLoop,
+    which steps all active renders in one U-Net call (worlds/batching.py); without it (the
+    baseline, and ZeroGPU where each call runs in a process of its own) each render is one
+    call of the diffusers pipeline. Both give the same picture for the same seed."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, report: Report | None = None, preview_decoder=None,
+                 batching: bool = False):
         self.pipe = pipe
         self.report = report  # what runs (models.Report)
         self.preview_decoder = preview_decoder  # e.g. TAESD for the x0 previews; None: the full VAE
         self.previewer = _previewer(pipe.vae)
+        # An LCM-distilled U-Net takes the guidance as an input (time_cond_proj_dim): such models run alone.
+        batchable = pipe.unet.config.time_cond_proj_dim is None
+        self.loop = _render_loop(pipe.unet) if batching and batchable else None
 
     @classmethod
     def load(cls, preset: Preset) -> "ImageGenerator":
         """The preset's diffusion pipeline (loaded once per process, models.load_diffusion)."""
         diffusion = load_diffusion(preset)
-        return cls(diffusion.pipe, diffusion.report, diffusion.preview_decoder)
+        return cls(diffusion.pipe, diffusion.report, diffusion.preview_decoder,
+                   batching=preset.accel.batching and not on_zero_gpu())
 
     @property
     def native_size(self) -> int:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def stream(self, prompt: str, options: RenderOptions | None = None, should_stop: Callable[[], bool] | None = None,
-               **option_kwargs) -> Iterator[StepFrame | RenderResult]:
-        """Yield a StepFrame per denoising step, then the RenderResult."""
+               line_updates: bool = False, **option_kwargs) -> Iterator[StepFrame | RenderResult | InLine]:
+        """Yield a StepFrame per denoising step, then the RenderResult. With `line_updates`, InLine
+        items say the request's place while it waits for the batch."""
         prompt = check_prompt(prompt)
         options = options or validate_render_options(**option_kwargs)
+        if self.loop is not None:
+            yield from self.loop.stream(self._job(prompt, options, should_stop), line_updates)
+            return
         frames: queue.Queue = queue.Queue()
         abandoned = threading.Event()  # set when the consumer stops listening (a cancelled request)
 
@@ -185,6 +202,41 @@ class ImageGenerator:
             abandoned.set()  # the worker ends at its next step instead of rendering for nobody
         worker.join()
 
+    def _job(self, prompt: str, options: RenderOptions, should_stop) -> RenderJob:
+        """A render for the batch loop, with the callbacks that turn its steps into frames."""
+        pipe = pipeline_with_scheduler(self.pipe, options.scheduler)
+        stats = RenderStats()
+        started = time.perf_counter()
+        per_step = 2 if options.guidance_scale > 1 else 1
+
+        def on_step(index, t, latents, x0, decode, batch, step_s) -> StepFrame:
+            stats.step_times_s.append(step_s)
+            stats.steps, stats.unet_evaluations = index + 1, stats.unet_evaluations + per_step
+            stats.batch_size = max(stats.batch_size, batch)
+            return self._frame(index, t, latents, x0 if options.previews else None, decode, options, stats, started)
+
+        def on_end(latents, reason) -> RenderResult:
+            stats.stopped_by = reason
+            array = (self.pipe.vae.decode(latents.to(self.pipe.vae.dtype) / self.pipe.vae.config.scaling_factor)
+                     .sample[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            stats.total_s = time.perf_counter() - started
+            return _result(array, stats)
+
+        return RenderJob(pipe, prompt, options.negative_prompt, options.steps, options.guidance_scale, options.seed,
+                         options.height, options.width, on_step, on_end, should_stop)
+
+    def _frame(self, index, t, latents, x0, decode, options, stats, started) -> StepFrame:
+        """One step's frame: x_t through the linear preview; x0 decoded by the VAE (`decode`) or linear."""
+        now = time.perf_counter()
+        noisy = self.previewer.to_image(latents[-1].cpu())
+        image = None
+        if x0 is not None:
+            image = self.decode(x0) if decode else self.previewer.to_image(x0[-1].cpu(), smooth=True)
+        stats.preview_s += time.perf_counter() - now
+        stats.total_s = now - started
+        return StepFrame(index + 1, options.steps, float(t), noisy, image, now - started, decode and image is not None,
+                         replace(stats, step_times_s=list(stats.step_times_s)))
+
     def render(self, prompt: str, **options) -> RenderResult:
         *_, result = self.stream(prompt, **options)
         return result
@@ -201,8 +253,6 @@ class ImageGenerator:
         stats = RenderStats()
         owner = threading.get_ident()
         latest = {}
-        alphas = pipe.scheduler.alphas_cumprod
-        prediction_type = pipe.scheduler.config.prediction_type
         guided = options.guidance_scale > 1
 
         def capture(module, args, kwargs, output):
@@ -218,13 +268,7 @@ class ImageGenerator:
             if guided:
                 uncond, cond = out.chunk(2)
                 out, sample = uncond + options.guidance_scale * (cond - uncond), sample.chunk(2)[1]
-            # The U-Net always sees the variance-preserving x_t (Euler-type schedulers scale
-            # their input to it), so one formula gives x0 for every scheduler.
-            a = alphas[int(round(float(t if not torch.is_tensor(t) else t.flatten()[0])))].to(out.dtype)
-            if prediction_type == "v_prediction":
-                latest["x0"] = a.sqrt() * sample - (1 - a).sqrt() * out
-            else:
-                latest["x0"] = (sample - (1 - a).sqrt() * out) / a.sqrt()
+            latest["x0"] = x0_guess(pipe.scheduler, out, sample, t.flatten()[0] if torch.is_tensor(t) else t)
 
         started = last = time.perf_counter()
 
@@ -232,20 +276,13 @@ class ImageGenerator:
             nonlocal last
             now = time.perf_counter()
             stats.step_times_s.append(now - last)
-            stats.steps = i + 1
-            noisy = self.previewer.to_image(tensors["latents"][-1].cpu())
+            stats.steps, stats.batch_size = i + 1, 1
             # A full VAE decode of x0 can cost half a step of a small model: decode it while the
             # previews stay within their share of the time, and always at the last step.
             last_step = i + 1 == pipeline.num_timesteps
-            within_budget = stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
-            x0, decoded = None, False
-            if options.previews and "x0" in latest:
-                decoded = last_step or within_budget
-                x0 = self.decode(latest["x0"]) if decoded else self.previewer.to_image(latest["x0"][-1].cpu(), smooth=True)
-            stats.preview_s += time.perf_counter() - now
-            stats.total_s = now - started
-            emit(StepFrame(i + 1, options.steps, float(t), noisy, x0, now - started, decoded,
-                           replace(stats, step_times_s=list(stats.step_times_s))))
+            decode = last_step or stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
+            x0 = latest.get("x0") if options.previews else None
+            emit(self._frame(i, t, tensors["latents"], x0, decode, options, stats, started))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"
@@ -269,15 +306,19 @@ class ImageGenerator:
             hook.remove()
         stats.total_s = time.perf_counter() - started
         stats.stopped_by = stats.stopped_by or "done"
-        array = output.images[0]
-        warnings = check_output(array)
-        image = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
-        return RenderResult(image=image, stats=stats, warnings=warnings)
+        return _result(output.images[0], stats)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         """Decode one latent (the x0 preview): the tiny preview decoder if there is one, else the full VAE."""
         return decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents[-1:])
+
+
+def _result(array: np.ndarray, stats: RenderStats) -> RenderResult:
+    """The final picture from the decoded array (H, W, 3) in [0, 1], checked for NaN and blankness."""
+    warnings = check_output(array)
+    image = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+    return RenderResult(image=image, stats=stats, warnings=warnings)
 
 
 def check_output(array: np.ndarray) -> list[str]:
@@ -302,6 +343,18 @@ def _previewer(vae) -> LatentPreviewer:
         if id(vae) not in _PREVIEWERS:
             _PREVIEWERS[id(vae)] = LatentPreviewer.fit(vae)
         return _PREVIEWERS[id(vae)]
+
+
+_LOOPS: dict[int, RenderLoop] = {}
+_LOOPS_LOCK = threading.Lock()
+
+
+def _render_loop(unet) -> RenderLoop:
+    """The U-Net's one RenderLoop (a worker thread), made by the first engine that asks."""
+    with _LOOPS_LOCK:
+        if id(unet) not in _LOOPS:
+            _LOOPS[id(unet)] = RenderLoop(unet)
+        return _LOOPS[id(unet)]
 
 
 def decode_latents(vae, latents: torch.Tensor) -> Image.Image:

@@ -1,0 +1,225 @@
+"""Serving a room: one step loop per model, a waiting line, and a fair share of the cores.
+
+Fifty phones press Run within the same minute. Each request running alone would make fifty
+slow jobs fight over two cores; instead each model gets ONE worker thread, a `StepLoop`, that
+advances every active request by one step per iteration (iteration-level, or "continuous",
+batching, as in Orca, Yu et al. 2022): the words engine computes every active sequence's next
+token in one forward pass, the worlds engine every active render's next denoising step in one
+U-Net call. Requests join and leave between steps, so a newcomer's first token or first
+preview waits for one step, not for the others to finish.
+
+Admission: up to `max_batch` requests are stepped together; the next ones wait in a line (each
+told its place and an estimate of the wait); past `capacity` a request is refused at once with
+`RoomFull`, a friendly message, never a time-out. A request that is cancelled or whose reader
+went away leaves the batch at the next step.
+
+The cores: the loops of the two models take turns on one `CORES` lock (first come, first served),
+so at any moment one step runs, with all of torch's threads: two loops computing at once on two
+cores would each run at a fraction of the speed and both get slower.
+
+    >>> loop = MyLoop("words", max_batch=32, capacity=64)   # a subclass: start(), step()   # doctest: +SKIP
+    >>> request = loop.submit(my_request)                    # RoomFull when the room is full  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+# Measured on the 2-core CPU (benchmarks/bench_room.py): beyond these, a run waits longer than a
+# person will, and the cores are already busy with every step's batch.
+MAX_BATCH = 32  # requests stepped together per model
+CAPACITY = 96  # requests admitted per model, running or waiting in line
+
+
+class RoomFull(InputError):
+    """Refused because the room is full: said at once, with when to try again."""
+
+
+class FairLock:
+    """A lock handed out first come, first served (threading.Lock promises no order: one loop
+    releasing and re-taking it at once could starve the other)."""
+
+    def __init__(self):
+        self._turns = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
+        self._held = False
+
+    def __enter__(self):
+        me = object()
+        with self._turns:
+            self._waiting.append(me)
+            self._turns.wait_for(lambda: not self._held and self._waiting[0] is me)
+            self._waiting.popleft()
+            self._held = True
+        return self
+
+    def __exit__(self, *exc):
+        with self._turns:
+            self._held = False
+            self._turns.notify_all()
+
+
+CORES = FairLock()  # one step of one model at a time, with all of torch's threads
+
+
+@dataclass(frozen=True)
+class InLine:
+    """A request waiting for a place in the batch: its place (1 = next) and the estimated wait."""
+
+    position: int
+    about_s: float
+
+    def message(self) -> str:
+        return f"You are {self.position} in line, about {max(1, round(self.about_s))} s."
+
+
+_END = object()  # marks the end of a request's stream
+
+
+@dataclass(eq=False)
+class Request:
+    """One request in a loop: what the subclass needs (`job`) and the channel back to its reader."""
+
+    job: object
+    out: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set by the reader: Stop, or gone
+    state: object = None  # the subclass's per-request state, made by start()
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def emit(self, item) -> None:
+        self.out.put(item)
+
+    def finish(self, item=None) -> None:
+        """The last item (a result, or an exception to raise in the reader), then the end."""
+        if item is not None:
+            self.out.put(item)
+        self.out.put(_END)
+
+    def items(self):
+        """What the loop emits for this request, as the reader's iterator; leaving it early cancels."""
+        try:
+            while True:
+                item = self.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancelled.set()
+
+
+class StepLoop:
+    """One worker thread stepping a batch of requests. Subclasses define `start` (prepare one
+    request, e.g. its prompt's cache; may raise) and `step` (advance the batch by one step and
+    return the requests that ended)."""
+
+    def __init__(self, name: str, max_batch: int = MAX_BATCH, capacity: int = CAPACITY, cores: FairLock = CORES):
+        if not 1 <= max_batch <= capacity:
+            raise ValueError("need 1 <= max_batch <= capacity")
+        self.name, self.max_batch, self.capacity, self.cores = name, max_batch, capacity, cores
+        self._line: collections.deque[Request] = collections.deque()
+        self._active: list[Request] = []
+        self._changed = threading.Condition()
+        self._gap_s = 0.0  # running mean of the time between two requests ending (for the wait estimate)
+        self._last_end = 0.0
+        self.largest_batch = 0  # the most requests stepped together so far (for the meters)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- the readers' side
+
+    def submit(self, job) -> Request:
+        """Queue a request; RoomFull (at once) when `capacity` requests are already running or waiting."""
+        with self._changed:
+            if len(self._line) + len(self._active) >= self.capacity:
+                raise RoomFull(f"The room is full: {self.capacity} {self.name} runs are going or waiting. "
+                               "Try again in a moment.")
+            request = Request(job)
+            self._line.append(request)
+            self._tell_line()
+            self._changed.notify_all()
+        return request
+
+    def stream(self, job, line_updates: bool = False):
+        """Submit `job` and yield what the loop emits for it (InLine items only if `line_updates`)."""
+        for item in self.submit(job).items():
+            if line_updates or not isinstance(item, InLine):
+                yield item
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) right now."""
+        with self._changed:
+            return len(self._active), len(self._line)
+
+    # ----------------------------------------------------------------- the worker's side
+
+    def start(self, request: Request) -> None:
+        """Prepare one joining request (its state); raise to refuse it."""
+        raise NotImplementedError
+
+    def step(self, active: list[Request]) -> list[Request]:
+        """Advance every active request by one step; return the ones that ended (already finished)."""
+        raise NotImplementedError
+
+    def _tell_line(self) -> None:
+        """Tell each waiting request its place and the wait (called with the lock held)."""
+        gap = self._gap_s or 1.0
+        for position, request in enumerate(self._line, start=1):
+            request.emit(InLine(position, position * gap))
+
+    def _admit(self) -> list[Request]:
+        with self._changed:
+            self._line = collections.deque(r for r in self._line if not r.cancelled.is_set())
+            while not self._active and not self._line:
+                self._changed.wait()
+            joining = []
+            while self._line and len(self._active) + len(joining) < self.max_batch:
+                joining.append(self._line.popleft())
+            if joining:
+                self._tell_line()
+            return joining
+
+    def _run(self) -> None:
+        while True:
+            joining = self._admit()
+            with self.cores:
+                started = []
+                for request in joining:
+                    try:
+                        self.start(request)
+                        started.append(request)
+                    except BaseException as error:  # noqa: BLE001  (the reader re-raises it)
+                        request.finish(error)
+                with self._changed:
+                    self._active += started
+                self.largest_batch = max(self.largest_batch, len(self._active))
+                try:
+                    ended = self.step(list(self._active)) if self._active else []
+                except BaseException as error:  # noqa: BLE001  a failed step fails its batch, not the loop
+                    self.reset()
+                    ended = list(self._active)
+                    for request in ended:
+                        request.finish(error)
+            if ended:
+                self._count_ends(len(ended))
+                with self._changed:
+                    self._active = [r for r in self._active if all(r is not e for e in ended)]
+
+    def reset(self) -> None:
+        """Forget the batch after a failed step (subclasses drop their per-batch state)."""
+
+    def _count_ends(self, count: int) -> None:
+        """Update the mean time between two requests ending, which prices a place in the line."""
+        now = time.perf_counter()
+        if self._last_end:
+            gap = (now - self._last_end) / count
+            self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
+        self._last_end = now

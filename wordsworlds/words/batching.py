@@ -1,0 +1,194 @@
+"""Continuous batching for the words engine: every active request's next token from one forward pass.
+
+A request joins with its own prefill (the prompt through the model once, reusing the cached
+keys and values of the chat template's fixed head, which every prompt shares), which gives
+its first token at once. It then joins the batch: one key/value cache for all active
+sequences, left-padded to a common length, with an attention mask over the padding and each
+row's own positions. Each step feeds every row its latest token, and each request samples
+its next one from its own row of logits, with its own settings and seed (`TokenJob.take`),
+so what a request writes does not depend on who else is in the batch. Finished or cancelled
+rows leave the cache between steps.
+
+Why not transformers' `ContinuousBatchingManager`: it gives each token's log-probability but
+not the top-n candidates the tab shows, samples all requests with one generation config and
+the global random generator (a seeded request would then depend on its neighbours), and runs
+paged attention built for GPUs. Why not llama.cpp's server: its candidate probabilities are
+of its own quantized kernels, and the explorer needs this model's hidden states anyway
+(benchmarks/bench_text.py compares the two on one stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from ..serving import CAPACITY, MAX_BATCH, Request, StepLoop
+
+PREFILLS_PER_STEP = 4  # prompts prefilled per iteration, so decoding never stalls behind a crowd of newcomers
+
+
+@dataclass(eq=False)
+class TokenJob:
+    """What the loop needs of one request; the words engine (next_token.py) makes it."""
+
+    input_ids: torch.Tensor  # (1, n) the prompt's tokens
+    take: Callable[[torch.Tensor, int], tuple[object, bool]]  # (logits row, batch size) -> (item to emit, finished?)
+    should_stop: Callable[[], bool] | None = None  # checked before every step, besides the reader leaving
+    on_cancel: Callable[[], None] | None = None  # told when the request leaves the batch unfinished
+
+
+@dataclass(eq=False)
+class _Row:
+    length: int  # real tokens in the cache
+    next_token: int  # fed at the next step
+
+
+class TokenLoop(StepLoop):
+    """One worker thread per causal LM, stepping every active sequence together."""
+
+    def __init__(self, model, prefix_ids: list[int] | None = None, max_batch: int = MAX_BATCH,
+                 capacity: int = CAPACITY):
+        self.model = model
+        self.prefix_ids = prefix_ids or []
+        self._prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the shared head's keys and values
+        self._cache: DynamicCache | None = None  # the batch's cache, one row per entry of self._rows
+        self._mask: torch.Tensor | None = None  # (rows, cache length): 1 real, 0 padding
+        self._rows: list[Request] = []
+        self._joining: list[Request] = []  # prefilled, waiting to enter the cache
+        super().__init__("words", max_batch=max_batch, capacity=capacity)
+
+    # ----------------------------------------------------------------- joining
+
+    def start(self, request: Request) -> None:
+        self._joining.append(request)  # prefilled in step(), a few per iteration
+
+    def reset(self) -> None:
+        self._cache = self._mask = None
+        self._rows, self._joining = [], []
+
+    def _prefill(self, request: Request) -> bool:
+        """The prompt through the model; emits the first token. False when the request already ended."""
+        job: TokenJob = request.job
+        ids = job.input_ids.to(self.model.device)
+        past, start = self._prefix_cache(ids)
+        output = self.model(input_ids=ids[:, start:], past_key_values=past, use_cache=True, logits_to_keep=1)
+        item, done = job.take(output.logits[0, -1], 1)
+        request.emit(item)
+        if done:
+            request.finish()
+            return False
+        request.state = _Row(length=ids.shape[1], next_token=int(getattr(item, "token_id")))
+        request.state.cache = output.past_key_values
+        return True
+
+    def _prefix_cache(self, ids: torch.Tensor) -> tuple[DynamicCache | None, int]:
+        """A cache holding the shared head's keys and values when the prompt starts with it."""
+        n = len(self.prefix_ids)
+        if not n or ids.shape[1] <= n or ids[0, :n].tolist() != self.prefix_ids:
+            return None, 0
+        if self._prefix is None:
+            head = self.model(input_ids=ids[:, :n], use_cache=True, logits_to_keep=1).past_key_values
+            self._prefix = [(layer.keys, layer.values) for layer in head.layers]
+        return DynamicCache(ddp_cache_data=self._prefix), n
+
+    def _merge(self, request: Request) -> None:
+        """Add a prefilled request's cache to the batch's, left-padding the shorter side."""
+        cache, length = request.state.cache, request.state.length
+        del request.state.cache
+        row_mask = torch.ones(1, length, dtype=torch.long, device=self.model.device)
+        if self._cache is None:
+            self._cache, self._mask, self._rows = cache, row_mask, [request]
+            return
+        width = self._mask.shape[1]
+        for batch_layer, new_layer in zip(self._cache.layers, cache.layers):
+            for name in ("keys", "values"):
+                old, new = getattr(batch_layer, name), getattr(new_layer, name)
+                setattr(batch_layer, name, torch.cat(_pad_left([old, new], max(width, length)), dim=0))
+        self._mask = torch.cat(_pad_left([self._mask, row_mask], max(width, length), dim=1), dim=0)
+        self._rows.append(request)
+
+    def _drop(self, ended: list[Request]) -> None:
+        """Remove ended rows, then the padding columns no row needs any more."""
+        keep = [i for i, r in enumerate(self._rows) if r not in ended]
+        if not keep:
+            self._cache = self._mask = None
+            self._rows = []
+            return
+        index = torch.tensor(keep, device=self.model.device)
+        self._mask = self._mask[index]
+        first = int(self._mask.any(0).nonzero()[0])  # the first column some row still uses
+        self._mask = self._mask[:, first:]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+        self._rows = [self._rows[i] for i in keep]
+
+    # ----------------------------------------------------------------- one iteration
+
+    @torch.inference_mode()
+    def step(self, active: list[Request]) -> list[Request]:
+        ended = []
+        for request in self._joining[:PREFILLS_PER_STEP]:
+            if self._stopped(request):
+                self._cancel(request)
+                ended.append(request)
+            elif self._prefill(request):
+                self._merge(request)
+            else:
+                ended.append(request)
+        self._joining = self._joining[PREFILLS_PER_STEP:]
+
+        stopped = [r for r in self._rows if self._stopped(r)]
+        for request in stopped:
+            self._cancel(request)
+        if stopped:
+            self._drop(stopped)
+            ended += stopped
+        if not self._rows:
+            return ended
+
+        rows = self._rows
+        tokens = torch.tensor([[r.state.next_token] for r in rows], device=self.model.device)
+        positions = torch.tensor([[r.state.length] for r in rows], device=self.model.device)
+        self._mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long, device=self._mask.device)], 1)
+        output = self.model(input_ids=tokens, attention_mask=self._mask, position_ids=positions,
+                            past_key_values=self._cache, use_cache=True)
+        self._cache = output.past_key_values
+        finished = []
+        for row, request in enumerate(rows):
+            item, done = request.job.take(output.logits[row, -1], len(rows))
+            request.emit(item)
+            request.state.length += 1
+            request.state.next_token = int(getattr(item, "token_id"))
+            if done:
+                request.finish()
+                finished.append(request)
+        if finished:
+            self._drop(finished)
+        return ended + finished
+
+    @staticmethod
+    def _cancel(request: Request) -> None:
+        if request.job.on_cancel is not None:
+            request.job.on_cancel()
+        request.finish()
+
+    @staticmethod
+    def _stopped(request: Request) -> bool:
+        job: TokenJob = request.job
+        return request.cancelled.is_set() or (job.should_stop is not None and job.should_stop())
+
+
+def _pad_left(tensors: list[torch.Tensor], width: int, dim: int = 2) -> list[torch.Tensor]:
+    """Zero-pad each tensor on the left of `dim` to `width`."""
+    padded = []
+    for t in tensors:
+        missing = width - t.shape[dim]
+        if missing:
+            shape = list(t.shape)
+            shape[dim] = missing
+            t = torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+        padded.append(t)
+    return padded

@@ -1,0 +1,199 @@
+"""Iteration-level batching for the worlds engine: every active render's next step from one U-Net call.
+
+Each request keeps what a diffusers pipeline call keeps for one image: its own scheduler (with
+its own timesteps and solver history), its own seeded starting noise and random generator, its
+prompt's embeddings, its guidance scale. At each step the loop stacks every active render's
+model input (two rows with classifier-free guidance, one without), with each row's own
+timestep (the U-Net takes one per sample) and own text embeddings, and calls the U-Net once;
+then each render combines its rows with its own guidance and steps its own scheduler. Renders
+join and leave between steps. The per-request steps follow `StableDiffusionPipeline.__call__`
+(and SDXL's, with its pooled text and size conditioning) line for line, so a seeded request
+gives the picture it gives alone.
+
+Previews: the model's x0 guess is decoded by the VAE for a few renders per step, those that
+have waited longest, within PREVIEW_SHARE of the step's U-Net time; the others show the cheap
+linear preview (worlds/previews.py). The last step is always decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from ..serving import CAPACITY, MAX_BATCH, Request, StepLoop
+
+PREVIEW_SHARE = 0.15  # full x0 decodes may cost at most this share of the denoising time (plus the last)
+
+
+@dataclass(eq=False)
+class RenderJob:
+    """One render, as the worlds engine (diffusion.py) hands it to the loop."""
+
+    pipe: object  # a pipeline with this render's own scheduler (diffusion.pipeline_with_scheduler)
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    height: int | None
+    width: int | None
+    # (step index, timestep, latents, x0 guess, decode x0 in full?, requests in this U-Net call) -> item to emit
+    on_step: Callable[[int, float, torch.Tensor, torch.Tensor, bool, int], object]
+    on_end: Callable[[torch.Tensor, str], object]  # (final latents, "done" or "cancelled") -> the result to emit
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass(eq=False)
+class _Render:
+    latents: torch.Tensor
+    timesteps: list
+    embeds: torch.Tensor  # (rows, tokens, dim): negative then positive with guidance
+    added: dict | None  # SDXL's pooled text embeddings and size ids, rows as `embeds`
+    extra_step_kwargs: dict
+    guided: bool
+    index: int = 0  # the next step
+    since_decode: int = 0  # steps since the last full x0 decode
+    extra: dict = field(default_factory=dict)
+
+
+class RenderLoop(StepLoop):
+    """One worker thread per U-Net, stepping every active render together."""
+
+    def __init__(self, unet, max_batch: int = MAX_BATCH, capacity: int = CAPACITY):
+        self.unet = unet
+        self._decode_s = 0.0  # running mean cost of one full x0 decode, for the preview budget
+        super().__init__("worlds", max_batch=max_batch, capacity=capacity)
+
+    @torch.inference_mode()
+    def start(self, request: Request) -> None:
+        """What the pipeline's __call__ does before its loop: embeddings, timesteps, starting noise."""
+        job: RenderJob = request.job
+        pipe = job.pipe
+        device = self.unet.device
+        height = job.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        width = job.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        guided = job.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+        negative = job.negative_prompt or None
+        added = None
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+                job.prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided,
+                negative_prompt=negative)
+            projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
+                          else pipe.text_encoder_2.config.projection_dim)
+            time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=embeds.dtype,
+                                              text_encoder_projection_dim=projection).to(device)
+            if guided:
+                added = {"text_embeds": torch.cat([negative_pooled, pooled]), "time_ids": time_ids.repeat(2, 1)}
+            else:
+                added = {"text_embeds": pooled, "time_ids": time_ids}
+        else:
+            embeds, negative_embeds = pipe.encode_prompt(job.prompt, device, 1, guided, negative)
+        if guided:
+            embeds = torch.cat([negative_embeds, embeds])
+        pipe.scheduler.set_timesteps(job.steps, device=device)
+        generator = torch.Generator().manual_seed(job.seed)
+        latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, embeds.dtype, device,
+                                       generator)
+        request.state = _Render(latents, list(pipe.scheduler.timesteps), embeds, added,
+                                pipe.prepare_extra_step_kwargs(generator, 0.0), guided)
+
+    def reset(self) -> None:
+        pass  # every render's state lives on its request
+
+    @torch.inference_mode()
+    def step(self, active: list[Request]) -> list[Request]:
+        ended = []
+        running = []
+        for request in active:
+            if request.cancelled.is_set():  # the reader is gone: nobody to draw for
+                request.finish()
+                ended.append(request)
+            elif request.job.should_stop is not None and request.job.should_stop():
+                request.finish(request.job.on_end(request.state.latents, "cancelled"))
+                ended.append(request)
+            else:
+                running.append(request)
+        # Renders of different sizes cannot share a U-Net call: one call per latent shape.
+        shapes: dict[tuple, list[Request]] = {}
+        for request in running:
+            shapes.setdefault(tuple(request.state.latents.shape), []).append(request)
+        for group in shapes.values():
+            ended += self._step_group(group)
+        return ended
+
+    def _step_group(self, group: list[Request]) -> list[Request]:
+        started = time.perf_counter()
+        inputs, timesteps, embeds, added = [], [], [], []
+        for request in group:
+            render, scheduler = request.state, request.job.pipe.scheduler
+            t = render.timesteps[render.index]
+            x = scheduler.scale_model_input(torch.cat([render.latents] * (2 if render.guided else 1)), t)
+            inputs.append(x)
+            timesteps.append(t.reshape(1).expand(x.shape[0]) if torch.is_tensor(t) else torch.full((x.shape[0],), t))
+            embeds.append(render.embeds)
+            if render.added is not None:
+                added.append(render.added)
+        sample = torch.cat(inputs)
+        added_cond = {k: torch.cat([a[k] for a in added]) for k in added[0]} if added else None
+        output = self.unet(sample, torch.cat(timesteps).to(sample.device), encoder_hidden_states=torch.cat(embeds),
+                           added_cond_kwargs=added_cond, return_dict=False)[0]
+        unet_s = time.perf_counter() - started
+
+        results, row = [], 0
+        for request, x in zip(group, inputs):
+            render, job = request.state, request.job
+            scheduler = job.pipe.scheduler
+            out = output[row:row + x.shape[0]]
+            row += x.shape[0]
+            t = render.timesteps[render.index]
+            if render.guided:
+                uncond, cond = out.chunk(2)
+                noise_pred, seen = uncond + job.guidance_scale * (cond - uncond), x[1:]
+            else:
+                noise_pred, seen = out, x
+            x0 = x0_guess(scheduler, noise_pred, seen, t)
+            render.latents = scheduler.step(noise_pred, t, render.latents, **render.extra_step_kwargs,
+                                            return_dict=False)[0]
+            render.index += 1
+            results.append((request, t, x0))
+        step_s = time.perf_counter() - started
+
+        # The preview budget: full x0 decodes for the renders that waited longest, within a share of the U-Net time.
+        budget = PREVIEW_SHARE * unet_s
+        queue = sorted(results, key=lambda r: -r[0].state.since_decode)
+        granted = set()
+        for request, _, _ in queue:
+            last = request.state.index == len(request.state.timesteps)
+            if last or (self._decode_s or 0.0) * (len(granted) + 1) <= budget or not self._decode_s:
+                granted.add(id(request))
+        ended = []
+        for request, t, x0 in results:
+            render, job = request.state, request.job
+            decode = id(request) in granted
+            began = time.perf_counter()
+            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, decode, len(group), step_s))
+            if decode:
+                render.since_decode = 0
+                spent = time.perf_counter() - began
+                self._decode_s = spent if not self._decode_s else 0.9 * self._decode_s + 0.1 * spent
+            else:
+                render.since_decode += 1
+            if render.index == len(render.timesteps):
+                request.finish(job.on_end(render.latents, "done"))
+                ended.append(request)
+        return ended
+
+
+def x0_guess(scheduler, noise_pred: torch.Tensor, seen: torch.Tensor, t) -> torch.Tensor:
+    """The model's guess of the clean latent from its output. The U-Net always sees the variance-
+    preserving x_t (Euler-type schedulers scale their input to it), so one formula serves every
+    scheduler: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), or sqrt(a) x_t - sqrt(1 - a) v."""
+    a = scheduler.alphas_cumprod[int(round(float(t)))].to(noise_pred.device, noise_pred.dtype)
+    if scheduler.config.prediction_type == "v_prediction":
+        return a.sqrt() * seen - (1 - a).sqrt() * noise_pred
+    return (seen - (1 - a).sqrt() * noise_pred) / a.sqrt()
