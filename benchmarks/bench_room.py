@@ -1,39 +1,41 @@
-"""A room of phones at once: N concurrent clients against the app on loopback.
+"""A room of phones at once: N concurrent clients against the app on loopback, batched and alone.
 
-    python benchmarks/bench_room.py [--clients 10 25 50] [--burst]
+    python benchmarks/bench_room.py [--clients 10 25 50] [--modes batched alone] [--burst]
 
-Starts the app as `python app.py` serves it (in this process, on a free port), then for each N
-fires N `gradio_client` clients at once at `/compare`, `/generate_text` and `/render_image` (each
-client its own prompt and seed), and prints, per endpoint and N: how many finished, the first
-visible output and the finish time (p50 / p95 seconds), jobs per minute, refusals and errors, and
-the server's resident memory. `--burst` adds a burst of twice the queue's size at `/render_image`.
-The figures depend on what else runs on the machine: say so beside them.
+For each mode it starts the app as `python app.py` serves it (a server process of its own on a
+free port; "alone" sets WORDSWORLDS_BATCHING=0, each request running on its own as before the
+step loops), then for each N fires N `gradio_client` clients at once at `/compare`,
+`/generate_text` and `/render_image` (each client its own prompt and seed), and prints, per
+mode, endpoint and N:
+  - ok: runs that finished; refused: runs turned away (and within how many seconds);
+  - first shown p50/p95: when the run itself first showed (a token or a denoising frame);
+  - first output p50/p95: when anything first came back (a place in line counts);
+  - done p50/p95, jobs per minute, errors (time-outs included);
+  - the server's resident memory: idle before, peak, and after the load.
+`--burst` adds 2 x serving.CAPACITY clients at once at /render_image (the batched mode refuses the
+excess at once with "the room is full"). The figures depend on what else runs: say so beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
+import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from gradio_client import Client
 
-import uvicorn  # noqa: E402
-from gradio_client import Client  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from wordsworlds.serving import CAPACITY  # noqa: E402
 
-from wordsworlds.presets import get_preset  # noqa: E402
-from wordsworlds.ui import CSS, build_demo, warm_up  # noqa: E402
-from wordsworlds.ui.serve import create_app  # noqa: E402
-
-QUEUE_SIZE = 64  # ui/serve.py's max_size
 SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
           "a small green square in the middle and a large purple circle below", "a large orange circle at the bottom"]
+CLIENT_TIMEOUT_S = 300  # a run not done by then counts as a time-out
 
 
 def arguments(endpoint: str, index: int) -> tuple:
@@ -45,22 +47,44 @@ def arguments(endpoint: str, index: int) -> tuple:
     return prompt, 32, 0, 0, 1, 20, 5.0, "", seed, "dpm++"
 
 
-def one_client(url: str, endpoint: str, index: int, rows: list) -> None:
-    started = time.perf_counter()
-    first = done = None
+def shows_the_run(endpoint: str, output) -> bool:
+    """Whether an output shows the run itself: a token, or a denoising frame (not just a place in line)."""
+    output = output if isinstance(output, (list, tuple)) else [output]
+    if endpoint == "/generate_text":
+        return bool(output[0]) and isinstance(output[0], list)
+    if endpoint == "/render_image":
+        return isinstance(output[0], str)
+    return (isinstance(output[0], list) and bool(output[0])) or isinstance(output[4], str)
+
+
+def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier) -> None:
+    """Connect, wait for every client to be connected, then submit at once: times run from the submit."""
     try:
-        job = Client(url, verbose=False).submit(*arguments(endpoint, index), api_name=endpoint)
+        client = Client(url, verbose=False)
+    finally:
+        together.wait()
+    started = time.perf_counter()
+    first = shown = None
+    try:
+        job = client.submit(*arguments(endpoint, index), api_name=endpoint)
         while not job.done():
-            if first is None and job.outputs():
-                first = time.perf_counter() - started
+            outputs = job.outputs()
+            now = time.perf_counter() - started
+            if outputs and first is None:
+                first = now
+            if shown is None and any(shows_the_run(endpoint, o) for o in outputs):
+                shown = now
+            if now > CLIENT_TIMEOUT_S:
+                job.cancel()
+                raise TimeoutError(f"not done after {CLIENT_TIMEOUT_S} s")
             time.sleep(0.05)
         job.result()
         done = time.perf_counter() - started
-        first = done if first is None else first
-        rows.append(("ok", first, done, ""))
+        rows.append(("ok", first or done, shown or done, done, ""))
     except Exception as error:  # noqa: BLE001  (counted and reported)
-        text = str(error)
-        rows.append(("refused" if "full" in text.lower() else "error", None, time.perf_counter() - started, text[:80]))
+        text = f"{type(error).__name__}: {error}"
+        kind = "refused" if "room is full" in text.lower() or "queue is full" in text.lower() else "error"
+        rows.append((kind, None, None, time.perf_counter() - started, text[:100]))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -68,54 +92,102 @@ def percentile(values: list[float], share: float) -> float:
     return values[min(len(values) - 1, int(round(share * (len(values) - 1))))] if values else float("nan")
 
 
-def load(url: str, endpoint: str, clients: int) -> dict:
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, endpoint: str, clients: int, pid: int) -> dict:
     rows: list = []
-    threads = [threading.Thread(target=one_client, args=(url, endpoint, i, rows)) for i in range(clients)]
-    started = time.perf_counter()
+    together = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=one_client, args=(url, endpoint, i, rows, together)) for i in range(clients)]
+    idle = rss_mb(pid)
+    peak = [idle]
+    watching = threading.Event()
+
+    def watch():
+        while not watching.wait(0.25):
+            peak[0] = max(peak[0], rss_mb(pid))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     for thread in threads:
         thread.start()
+    together.wait()
+    started = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    watching.set()
+    watcher.join()
+    time.sleep(2)  # let the server settle before reading its memory afterwards
     ok = [r for r in rows if r[0] == "ok"]
     refused = [r for r in rows if r[0] == "refused"]
+    pick = lambda i: [r[i] for r in ok]  # noqa: E731
     return {
-        "endpoint": endpoint, "clients": clients, "ok": len(ok),
-        "first": (percentile([r[1] for r in ok], 0.5), percentile([r[1] for r in ok], 0.95)),
-        "done": (percentile([r[2] for r in ok], 0.5), percentile([r[2] for r in ok], 0.95)),
-        "per_minute": len(ok) / wall * 60, "refused": len(refused),
-        "refused_within": max((r[2] for r in refused), default=0.0),
-        "errors": sorted({r[3] for r in rows if r[0] == "error"}),
+        "endpoint": endpoint, "clients": clients, "ok": len(ok), "refused": len(refused),
+        "refused_within": max((r[3] for r in refused), default=0.0),
+        "first": (percentile(pick(1), 0.5), percentile(pick(1), 0.95)),
+        "shown": (percentile(pick(2), 0.5), percentile(pick(2), 0.95)),
+        "done": (percentile(pick(3), 0.5), percentile(pick(3), 0.95)),
+        "per_minute": len(ok) / wall * 60,
+        "rss": (idle, peak[0], rss_mb(pid)),
+        "errors": sorted({r[4] for r in rows if r[0] == "error"}),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(mode: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {"GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                        "WORDSWORLDS_BATCHING": "1" if mode == "batched" else "0"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=open(f"/tmp/bench_room_{mode}.log", "w"))
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        try:
+            Client(url, verbose=False)
+            return server, url
+        except Exception:  # noqa: BLE001  (not up yet)
+            if server.poll() is not None:
+                raise SystemExit(f"the {mode} server exited; see /tmp/bench_room_{mode}.log")
+            time.sleep(0.5)
+    raise SystemExit("the server did not start in 5 minutes")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--endpoints", nargs="+", default=["/compare", "/generate_text", "/render_image"])
-    parser.add_argument("--burst", action="store_true", help=f"also {2 * QUEUE_SIZE} clients at once at /render_image")
+    parser.add_argument("--modes", nargs="+", default=["alone", "batched"], choices=["alone", "batched"])
+    parser.add_argument("--burst", action="store_true", help=f"also {2 * CAPACITY} clients at once at /render_image")
     args = parser.parse_args()
-    preset = get_preset("tiny")
-    warm_up(preset)
-    port = 7900 + os.getpid() % 90
-    server = uvicorn.Server(uvicorn.Config(create_app(build_demo(preset), css=CSS), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/"
-    plan = [(endpoint, n) for n in args.clients for endpoint in args.endpoints]
-    if args.burst:
-        plan.append(("/render_image", 2 * QUEUE_SIZE))
-    print(f"{'endpoint':<15}{'N':>5}{'ok':>5}{'first p50/p95 s':>18}{'done p50/p95 s':>18}{'jobs/min':>10}"
-          f"{'refused (within s)':>20}{'RSS MB':>8}  errors")
-    for endpoint, clients in plan:
-        r = load(url, endpoint, clients)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{endpoint:<15}{clients:>5}{r['ok']:>5}{r['first'][0]:>9.1f} /{r['first'][1]:>6.1f}"
-              f"{r['done'][0]:>10.1f} /{r['done'][1]:>6.1f}{r['per_minute']:>10.0f}"
-              f"{r['refused']:>10} ({r['refused_within']:.1f}){rss:>9.0f}  {'; '.join(r['errors']) or '-'}")
-    server.should_exit = True
+    print(f"| mode | endpoint | N | ok | refused (within s) | first shown p50 / p95 s | first output p50 / p95 s "
+          f"| done p50 / p95 s | jobs/min | RSS MB idle / peak / after | errors |")
+    print("|---" * 11 + "|")
+    for mode in args.modes:
+        server, url = start_server(mode)
+        try:
+            plan = [(endpoint, n) for n in args.clients for endpoint in args.endpoints]
+            if args.burst:
+                plan.append(("/render_image", 2 * CAPACITY))
+            for endpoint, clients in plan:
+                r = load(url, endpoint, clients, server.pid)
+                print(f"| {mode} | {endpoint} | {clients} | {r['ok']} | {r['refused']} ({r['refused_within']:.2f}) "
+                      f"| {r['shown'][0]:.1f} / {r['shown'][1]:.1f} | {r['first'][0]:.1f} / {r['first'][1]:.1f} "
+                      f"| {r['done'][0]:.1f} / {r['done'][1]:.1f} | {r['per_minute']:.0f} "
+                      f"| {r['rss'][0]:.0f} / {r['rss'][1]:.0f} / {r['rss'][2]:.0f} | {'; '.join(r['errors']) or '-'} |",
+                      flush=True)
+        finally:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":

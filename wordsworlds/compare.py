@@ -24,9 +24,10 @@ _DONE = object()
 
 def run_side_by_side(
     preset: Preset, prompt: str, text_options: DecodingOptions, render_options: RenderOptions, should_stop=None,
-    text_stats: GenerationStats | None = None,
+    text_stats: GenerationStats | None = None, line_updates: bool = False,
 ) -> Iterator[tuple[str, object]]:
-    """Yield ("words", TokenStep) and ("worlds", StepFrame | RenderResult) as they happen."""
+    """Yield ("words", TokenStep) and ("worlds", StepFrame | RenderResult) as they happen (and, with
+    `line_updates`, (side, InLine) while a side waits for a place in its model's batch)."""
     prompt = check_prompt(prompt)  # here, not inside the engines' threads, so the message reaches the caller
     words = TextGenerator.load(preset)
     worlds = ImageGenerator.load(preset)
@@ -46,8 +47,8 @@ def run_side_by_side(
             events.put((side, _DONE))
 
     threads = [
-        threading.Thread(target=pump, args=("words", words.stream(prompt, text_options, should_stop=stopped, stats=text_stats)), daemon=True),
-        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped)), daemon=True),
+        threading.Thread(target=pump, args=("words", words.stream(prompt, text_options, should_stop=stopped, stats=text_stats, line_updates=line_updates)), daemon=True),
+        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped, line_updates=line_updates)), daemon=True),
     ]
     for thread in threads:
         thread.start()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .accel import Accel
 from .errors import InputError
+from .gpu import on_zero_gpu
 
 PRESET_ENV = "WORDSWORLDS_PRESET"
 DEFAULT_PRESET = "tiny"
@@ -68,6 +69,12 @@ class Preset:
     accel: Accel = field(default_factory=Accel)
     hub_mirror: str = ""  # a folder holding Hub ids as <mirror>/<owner>/<name> (offline copies)
     cache_dir: str = DEFAULT_CACHE  # where converted models are kept between starts
+
+    @property
+    def batched(self) -> bool:
+        """Whether concurrent requests share each model step (serving.py): the accel option, except on
+        ZeroGPU, where each call runs in a process of its own and has nobody to share with."""
+        return self.accel.batching and not on_zero_gpu()
 
     @property
     def shapes_world(self) -> bool:

@@ -90,6 +90,7 @@ class Request:
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by the reader: Stop, or gone
     state: object = None  # the subclass's per-request state, made by start()
+    position: int = 0  # its place in line when last told (0: not waiting)
     submitted: float = field(default_factory=time.perf_counter)
 
     def emit(self, item) -> None:
@@ -170,10 +171,15 @@ class StepLoop:
         raise NotImplementedError
 
     def _tell_line(self) -> None:
-        """Tell each waiting request its place and the wait (called with the lock held)."""
+        """Tell each waiting request its place and the wait, when its place changed (lock held).
+        Those the next iteration admits (free places in the batch) are not told anything."""
         gap = self._gap_s or 1.0
-        for position, request in enumerate(self._line, start=1):
-            request.emit(InLine(position, position * gap))
+        free = self.max_batch - len(self._active)
+        for index, request in enumerate(self._line):
+            position = index + 1 - free
+            if position >= 1 and position != request.position:
+                request.position = position
+                request.emit(InLine(position, position * gap))
 
     def _admit(self) -> list[Request]:
         with self._changed:

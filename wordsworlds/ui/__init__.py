@@ -15,7 +15,7 @@ import gradio as gr
 from ..errors import ModelUnavailable
 from ..models import reports
 from ..presets import Preset
-from .common import install_atomic_image_cache
+from .common import install_atomic_image_cache, quiet_input_errors
 from .explorer import ExplorerTab
 from .hybrid import HybridTab
 from .side_by_side import WordsVsWorldsTab
@@ -70,6 +70,7 @@ def build_demo(preset: Preset) -> gr.Blocks:
         with gr.Accordion(f"Running on: preset {preset.name} ({preset.hardware})", open=False):
             report = gr.Markdown()
         demo.load(lambda: running_on(preset), outputs=report, api_visibility="private")
+    quiet_input_errors(demo)
     return demo
 
 

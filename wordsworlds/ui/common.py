@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio import processing_utils
+from gradio.exceptions import InvalidPathError
 
 from ..errors import InputError, ModelUnavailable
 
@@ -20,6 +21,44 @@ def user_errors():
         yield
     except (InputError, ModelUnavailable) as error:
         raise gr.Error(str(error), print_exception=False) from None
+
+
+def quiet_input_errors(demo: gr.Blocks) -> None:
+    """Input that Gradio itself refuses (a value outside a slider's range, a wrong type, a file path the
+    app did not hand out) becomes a message naming the input, and no traceback in the server's log:
+    the API bypasses the sliders, so such input is expected, not a fault. Set on the instances, as
+    local_example_image does."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.components.Component) and getattr(block, "label", None):
+            block.preprocess = _labelled(block.preprocess, block.label)
+    preprocess = demo.preprocess_data
+
+    async def checked(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error as error:
+            raise gr.Error(error.message, print_exception=False) from None
+        except InvalidPathError:
+            raise gr.Error("that file was not uploaded to this app: upload a picture instead",
+                           print_exception=False) from None
+        except Exception as error:  # noqa: BLE001  (e.g. a payload that is not the component's data)
+            raise gr.Error(f"an input could not be read ({type(error).__name__}); send the values the API "
+                           "page lists", print_exception=False) from None
+
+    demo.preprocess_data = checked
+
+
+def _labelled(preprocess, label: str):
+    def labelled(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(f"{label}: {error.message}", print_exception=False) from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise gr.Error(f"{label}: a {type(payload).__name__} is not a value this input takes",
+                           print_exception=False) from None
+
+    return labelled
 
 
 def scroll_into_view(elem_id: str) -> str:

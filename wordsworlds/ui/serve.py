@@ -20,6 +20,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from ..errors import MAX_UPLOAD
+from ..serving import CAPACITY
+
+MAX_THREADS = 2 * CAPACITY + 40  # the words and worlds loops full, and room for every other event
+QUEUE_SIZE = 64  # events waiting for a thread (the explorer and hybrid tabs run two at a time)
 
 WEB_COMPONENT_LOADER = Path(gr.__file__).parent / "templates" / "frontend" / "gradio.js"
 
@@ -33,6 +37,9 @@ def create_app(demo: gr.Blocks, css: str = "", theme=None) -> FastAPI:
     def web_component() -> Response:
         return Response(loader, media_type="text/javascript", headers={"Access-Control-Allow-Origin": "*"})
 
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
+    # Every request the engines admit holds a worker thread while it streams, and Gradio runs at most
+    # `max_threads` jobs at once (40 unless launch() is told otherwise; a mounted app sets it here).
+    demo.max_threads = demo._queue.max_thread_count = MAX_THREADS
     return gr.mount_gradio_app(app, demo, path="/", mcp_server=True, theme=theme or gr.themes.Soft(), css=css,
                                max_file_size=MAX_UPLOAD)

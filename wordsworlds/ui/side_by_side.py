@@ -15,6 +15,7 @@ from ..compare import run_side_by_side, timeline_row
 from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
+from ..serving import InLine
 from ..world.scene import world_note
 from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options
 from ..worlds.diffusion import (
@@ -39,8 +40,13 @@ def describe_text_stats(stats: GenerationStats) -> str:
         f"**{stats.new_tokens}** tokens · **{stats.tokens_per_s:.1f}** tokens/s · "
         f"first token after **{format_seconds(stats.time_to_first_token_s)}** · "
         f"**{stats.forward_passes}** forward passes (1 for the prompt's {stats.prompt_tokens} tokens, "
-        f"then 1 per new token) · stopped by {stats.stopped_by or '…'}"
+        f"then 1 per new token){batch_note(stats.batch_size, 'forward pass')} · stopped by {stats.stopped_by or '…'}"
     )
+
+
+def batch_note(batch_size: int, what: str) -> str:
+    """How many requests shared this run's model calls (serving.py batches everyone's steps together)."""
+    return f", each {what} shared with up to {batch_size - 1} other runs" if batch_size > 1 else ""
 
 
 def candidates(step: dict) -> dict:
@@ -83,7 +89,7 @@ def describe_render_stats(stats: RenderStats, total_steps: int, guidance_scale: 
     per_step = 2 if guidance_scale > 1 else 1
     return (
         f"step **{stats.steps}/{total_steps}** · **{stats.unet_evaluations}** U-Net evaluations "
-        f"({per_step} per step{' with guidance' if per_step == 2 else ''}) · "
+        f"({per_step} per step{' with guidance' if per_step == 2 else ''}{batch_note(stats.batch_size, 'U-Net call')}) · "
         f"**{format_seconds(stats.mean_step_s)}** per step · total **{format_seconds(stats.total_s)}**"
         + (f" · {stats.stopped_by}" if stats.stopped_by else "")
         + (f"\n\n{note}" if note else "")
@@ -136,7 +142,10 @@ class WordsVsWorldsTab:
             options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
             stats = GenerationStats()
             steps, shaded = [], []
-            for step in TextGenerator.load(self.preset).stream(prompt, options, stats=stats):
+            for step in TextGenerator.load(self.preset).stream(prompt, options, stats=stats, line_updates=True):
+                if isinstance(step, InLine):  # waiting for a place in the batch: say where, and how long
+                    yield gr.skip(), gr.skip(), step.message(), gr.skip()
+                    continue
                 add_token(shaded, steps, step)
                 yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
             yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
@@ -162,8 +171,10 @@ class WordsVsWorldsTab:
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             note = self.note(prompt)
             noisy = x0 = None
-            for item in ImageGenerator.load(self.preset).stream(prompt, options):
-                if isinstance(item, StepFrame):
+            for item in ImageGenerator.load(self.preset).stream(prompt, options, line_updates=True):
+                if isinstance(item, InLine):
+                    yield gr.skip(), gr.skip(), gr.skip(), item.message()
+                elif isinstance(item, StepFrame):
                     # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last
                     # decoded picture: it is not sent again (gr.skip) while streaming.
                     noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
@@ -197,11 +208,15 @@ class WordsVsWorldsTab:
             def words():
                 return shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records
 
-            for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats):
+            for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats,
+                                               line_updates=True):
                 row = timeline_row(item, time.perf_counter() - started)
                 if row:
                     timeline.append(row)
-                if side == "words":
+                if isinstance(item, InLine):  # waiting for a place in that model's batch
+                    words_meter, worlds_meter = (item.message(), skip) if side == "words" else (skip, item.message())
+                    yield skip, skip, words_meter, skip, skip, skip, skip, worlds_meter, skip
+                elif side == "words":
                     add_token(shaded, records, item)
                     yield *words(), skip, skip, skip, skip, timeline
                 elif isinstance(item, StepFrame):
@@ -286,17 +301,19 @@ class WordsVsWorldsTab:
         records = gr.State([])
         InsideDiffusion(self.preset).build(prompt)
 
+        # Batched, the engines' step loops admit (up to serving.CAPACITY) and refuse; alone, two at a time.
+        limit = None if self.preset.batched else 2
         text_inputs = [prompt, max_new_tokens, temperature, top_k, top_p, seed]
         image_inputs = [prompt, steps, guidance_scale, negative_prompt, seed, scheduler]
         events = [
-            run_words.click(self.generate_text, text_inputs, [tokens, top, text_meter, records], concurrency_limit=2),
-            run_worlds.click(self.render_image, image_inputs, [noisy, x0, final, image_meter], concurrency_limit=2),
+            run_words.click(self.generate_text, text_inputs, [tokens, top, text_meter, records], concurrency_limit=limit),
+            run_worlds.click(self.render_image, image_inputs, [noisy, x0, final, image_meter], concurrency_limit=limit),
             run_both.click(
                 self.compare,
                 [prompt, max_new_tokens, temperature, top_k, top_p, steps, guidance_scale, negative_prompt, seed,
                  scheduler],
                 [tokens, top, text_meter, records, noisy, x0, final, image_meter, timeline],
-                concurrency_limit=2,
+                concurrency_limit=limit,
             ),
         ]
         # First cancel, then mark: marked while cancelling, a last streamed frame could still overwrite the mark.

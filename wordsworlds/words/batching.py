@@ -131,7 +131,7 @@ class TokenLoop(StepLoop):
     def step(self, active: list[Request]) -> list[Request]:
         ended = []
         for request in self._joining[:PREFILLS_PER_STEP]:
-            if self._stopped(request):
+            if request.cancelled.is_set():  # the reader left before its first token
                 self._cancel(request)
                 ended.append(request)
             elif self._prefill(request):

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError, check_number, check_prompt, check_seed
-from ..gpu import on_zero_gpu
 from ..models import LLM, Report, load_llm
 from ..presets import Preset
 from ..serving import InLine
@@ -183,7 +182,7 @@ class TextGenerator:
     def load(cls, preset: Preset) -> "TextGenerator":
         """The preset's LLM (loaded once per process, models.load_llm), batched unless the preset says not."""
         llm: LLM = load_llm(preset)
-        return cls(llm.model, llm.tokenizer, llm.report, batching=preset.accel.batching and not on_zero_gpu())
+        return cls(llm.model, llm.tokenizer, llm.report, batching=preset.batched)
 
     def encode_prompt(self, prompt: str, chat: bool) -> torch.Tensor:
         if chat and self.tokenizer.chat_template:

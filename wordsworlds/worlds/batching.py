@@ -56,7 +56,7 @@ class _Render:
     extra_step_kwargs: dict
     guided: bool
     index: int = 0  # the next step
-    since_decode: int = 0  # steps since the last full x0 decode
+    since_decode: int = 1 << 30  # steps since the last full x0 decode (none yet: first in line)
     extra: dict = field(default_factory=dict)
 
 
@@ -66,6 +66,7 @@ class RenderLoop(StepLoop):
     def __init__(self, unet, max_batch: int = MAX_BATCH, capacity: int = CAPACITY):
         self.unet = unet
         self._decode_s = 0.0  # running mean cost of one full x0 decode, for the preview budget
+        self._credit = 0.0  # seconds of decoding the budget still allows
         super().__init__("worlds", max_batch=max_batch, capacity=capacity)
 
     @torch.inference_mode()
@@ -74,6 +75,8 @@ class RenderLoop(StepLoop):
         job: RenderJob = request.job
         pipe = job.pipe
         device = self.unet.device
+        if not self._active:
+            self._credit = 0.0  # after a pause, the preview budget starts afresh
         height = job.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         width = job.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
         guided = job.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
@@ -112,9 +115,6 @@ class RenderLoop(StepLoop):
         for request in active:
             if request.cancelled.is_set():  # the reader is gone: nobody to draw for
                 request.finish()
-                ended.append(request)
-            elif request.job.should_stop is not None and request.job.should_stop():
-                request.finish(request.job.on_end(request.state.latents, "cancelled"))
                 ended.append(request)
             else:
                 running.append(request)
@@ -163,14 +163,14 @@ class RenderLoop(StepLoop):
             results.append((request, t, x0))
         step_s = time.perf_counter() - started
 
-        # The preview budget: full x0 decodes for the renders that waited longest, within a share of the U-Net time.
-        budget = PREVIEW_SHARE * unet_s
-        queue = sorted(results, key=lambda r: -r[0].state.since_decode)
+        # The preview budget: full x0 decodes, for the renders that waited longest (a newcomer first), while
+        # the decodes' time stays within PREVIEW_SHARE of the U-Net's (a credit carried from step to step).
+        self._credit = min(self._credit + PREVIEW_SHARE * unet_s, 4 * PREVIEW_SHARE * unet_s)
         granted = set()
-        for request, _, _ in queue:
-            last = request.state.index == len(request.state.timesteps)
-            if last or (self._decode_s or 0.0) * (len(granted) + 1) <= budget or not self._decode_s:
+        for request, _, _ in sorted(results, key=lambda r: -r[0].state.since_decode):
+            if request.state.index == len(request.state.timesteps) or self._credit >= 0:
                 granted.add(id(request))
+                self._credit -= self._decode_s
         ended = []
         for request, t, x0 in results:
             render, job = request.state, request.job
@@ -185,6 +185,9 @@ class RenderLoop(StepLoop):
                 render.since_decode += 1
             if render.index == len(render.timesteps):
                 request.finish(job.on_end(render.latents, "done"))
+                ended.append(request)
+            elif job.should_stop is not None and job.should_stop():  # Stop: the picture so far, as the pipeline's interrupt
+                request.finish(job.on_end(render.latents, "cancelled"))
                 ended.append(request)
         return ended
 

@@ -33,8 +33,9 @@ from diffusers import (
 )
 from PIL import Image
 
-from ..errors import MAX_PROMPT_CHARS, InputError, RenderError, check_choice, check_number, check_prompt, check_seed
-from ..gpu import on_zero_gpu
+from ..errors import (
+    MAX_PROMPT_CHARS, InputError, RenderError, check_choice, check_number, check_prompt, check_seed, check_text,
+)
 from ..models import Report, load_diffusion
 from ..presets import Preset
 from ..serving import InLine
@@ -75,6 +76,8 @@ def validate_render_options(steps=20, guidance_scale=5.0, negative_prompt="", se
         negative_prompt = ""
     if not isinstance(negative_prompt, str) or len(negative_prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"the negative prompt must be text of at most {MAX_PROMPT_CHARS:,} characters")
+    if negative_prompt.strip():
+        negative_prompt = check_text(negative_prompt, "the negative prompt")  # no control characters either
     seed = check_seed(seed)
     scheduler = check_choice("scheduler", scheduler, SCHEDULERS)
     sides = []
@@ -167,7 +170,7 @@ class ImageGenerator:
         """The preset's diffusion pipeline (loaded once per process, models.load_diffusion)."""
         diffusion = load_diffusion(preset)
         return cls(diffusion.pipe, diffusion.report, diffusion.preview_decoder,
-                   batching=preset.accel.batching and not on_zero_gpu())
+                   batching=preset.batched)
 
     @property
     def native_size(self) -> int:

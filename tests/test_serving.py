@@ -1,0 +1,120 @@
+"""The room: batched engines give each request what it gets alone; the line and the refusal."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from wordsworlds.serving import InLine, Request, RoomFull, StepLoop
+
+SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
+          "two green circles", "a purple square at the bottom"]
+
+
+def run_together(fn, count: int) -> list:
+    """fn(i) for i in range(count), from `count` threads released at the same moment."""
+    results, gate = [None] * count, threading.Barrier(count)
+
+    def one(i):
+        gate.wait()
+        results[i] = fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_seeded_render_is_the_same_alone_in_the_pipeline_and_among_many_in_the_batch():
+    from wordsworlds.models import load_diffusion
+    from wordsworlds.worlds.diffusion import ImageGenerator
+
+    pipe = load_diffusion(TINY).pipe
+    batched, alone = ImageGenerator(pipe, batching=True), ImageGenerator(pipe, batching=False)
+    # Each its own scheduler, steps, guidance (with and without) and seed.
+    options = [dict(seed=1, steps=8), dict(seed=2, steps=6, scheduler="euler-ancestral"),
+               dict(seed=3, steps=5, guidance_scale=1.0), dict(seed=4, steps=7, scheduler="ddim", guidance_scale=8),
+               dict(seed=5, steps=4, scheduler="euler")]
+    among = run_together(lambda i: batched.render(SCENES[i], **options[i]), len(SCENES))
+    assert max(r.stats.batch_size for r in among) > 1  # they did share U-Net calls
+    for i, result in enumerate(among):
+        reference = alone.render(SCENES[i], **options[i])  # one diffusers pipeline call
+        assert np.array_equal(np.asarray(result.image), np.asarray(reference.image)), SCENES[i]
+        assert result.stats.unet_evaluations == reference.stats.unet_evaluations
+    solo = batched.render(SCENES[0], **options[0])
+    assert np.array_equal(np.asarray(solo.image), np.asarray(among[0].image))
+
+
+def test_a_seeded_text_is_the_same_alone_and_among_many_in_the_batch():
+    from wordsworlds.models import load_llm
+    from wordsworlds.words.next_token import TextGenerator
+
+    llm = load_llm(TINY)
+    batched, alone = TextGenerator(llm.model, llm.tokenizer, batching=True), TextGenerator(llm.model, llm.tokenizer)
+    prompts = ["Name a colour.", "What is 2 plus 2?", "Say hello.", "List two fruits."]
+    options = [dict(max_new_tokens=8), dict(max_new_tokens=5), dict(max_new_tokens=8, temperature=0.9, seed=3),
+               dict(max_new_tokens=6, temperature=1.0, top_k=20, seed=9)]
+    among = run_together(lambda i: batched.generate(prompts[i], **options[i]), len(prompts))
+    assert max(r.stats.batch_size for r in among) > 1
+    for i, result in enumerate(among):
+        reference = alone.generate(prompts[i], **options[i])
+        assert [s.token_id for s in result.steps] == [s.token_id for s in reference.steps], prompts[i]
+        # Batched matrix products sum in another order: the probabilities agree to float precision.
+        assert max(abs(a.prob - b.prob) for a, b in zip(result.steps, reference.steps)) < 1e-4
+        assert result.text == reference.text and result.stats.stopped_by == reference.stats.stopped_by
+
+
+def test_a_stopped_request_leaves_the_batch_and_the_others_finish():
+    from wordsworlds.models import load_llm
+    from wordsworlds.words.next_token import GenerationStats, TextGenerator
+
+    llm = load_llm(TINY)
+    engine = TextGenerator(llm.model, llm.tokenizer, batching=True)
+    stats = GenerationStats()
+    stream = engine.stream("Tell a long story.", max_new_tokens=200, stats=stats)
+    next(stream)
+    stream.close()  # the reader leaves (Gradio's Stop, a closed phone)
+    other = engine.generate("Say hello.", max_new_tokens=4)
+    assert other.stats.new_tokens == 4
+    deadline = time.time() + 10
+    while engine.loop.load != (0, 0) and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.loop.load == (0, 0)
+    assert stats.new_tokens < 200
+
+
+class _Counting(StepLoop):
+    """A loop whose requests each take `job` steps of a few milliseconds."""
+
+    def start(self, request: Request) -> None:
+        request.state = request.job
+
+    def step(self, active):
+        time.sleep(0.01)
+        ended = []
+        for request in active:
+            request.state -= 1
+            request.emit(request.state)
+            if request.state == 0:
+                request.finish()
+                ended.append(request)
+        return ended
+
+
+def test_past_capacity_a_request_is_refused_at_once_and_those_in_line_hear_their_place():
+    loop = _Counting("test", max_batch=2, capacity=4)
+    streams = [loop.stream(30, line_updates=True) for _ in range(4)]
+    firsts = [next(s) for s in streams]  # each request is submitted when its stream starts
+    started = time.perf_counter()
+    with pytest.raises(RoomFull, match="room is full"):
+        next(loop.stream(30))
+    assert time.perf_counter() - started < 1
+    waiting = [f for f in firsts if isinstance(f, InLine)]
+    assert waiting and all(w.position >= 1 and "in line" in w.message() for w in waiting)
+    for stream in streams:
+        assert [i for i in stream if not isinstance(i, InLine)][-1] == 0  # everyone admitted finishes
+    assert loop.largest_batch == 2
