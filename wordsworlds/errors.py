@@ -89,7 +89,7 @@ def check_seed(seed, optional: bool = False) -> int | None:
 
 
 def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
     return value
 

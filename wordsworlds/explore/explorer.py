@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ModelUnavailable, check_number
+from ..errors import InputError, ModelUnavailable, check_number, check_text
 from ..presets import Preset
 from . import projection as proj
 from .spaces import SPACES, Sources, count_cached, embed, rendered_images
@@ -87,6 +87,14 @@ def parse_layer(llm_layer) -> int | None:
         except ValueError:
             raise InputError(f"the LLM layer must be a whole number, got {llm_layer!r}") from None
     return check_number("the LLM layer", llm_layer, int)
+
+
+def optional_word(what: str, value) -> str:
+    """A word the explorer may be given (an anchor, the highlighted word): "" when absent, else text of
+    at most MAX_WORD_CHARS characters, spaces collapsed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    return " ".join(check_text(value, what, MAX_WORD_CHARS).split())
 
 
 def validate_spaces(spaces) -> list[str]:
@@ -164,16 +172,17 @@ def explore(preset: Preset, words, template: str = "", spaces=DEFAULT_SPACES, pr
     if str(dimensions) not in ("2", "3"):  # 2 or "2" (a form), never True or 2.5
         raise InputError(f"dimensions must be 2 or 3, got {dimensions!r}")
     dimensions = int(dimensions)
+    anchor_from, anchor_to, highlight = (optional_word(name, value) for name, value in (
+        ("the first anchor", anchor_from), ("the second anchor", anchor_to), ("the highlighted word", highlight)))
     anchors = []
     if projection == "anchors":
-        anchors = [" ".join(str(a or "").split()) for a in (anchor_from, anchor_to)]
+        anchors = [anchor_from, anchor_to]
         if not all(anchors) or max(map(len, anchors)) > MAX_WORD_CHARS:
             raise InputError(f"custom axes need two anchor words of 1 to {MAX_WORD_CHARS} characters (e.g. small → large)")
         if anchors[0] == anchors[1]:
             raise InputError("the two anchor words must differ")
     llm_layer = parse_layer(llm_layer)
-    highlight = " ".join(str(highlight or "").split())
-    if highlight and highlight not in words:
+    if highlight and highlight not in words:  # e.g. the UI's choice from words since changed: say so, go on
         notices.append(f"'{highlight}' is not among the words; highlighting '{words[0]}'")
     highlight = highlight if highlight in words else words[0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,7 +31,7 @@ def quiet_input_errors(demo: gr.Blocks) -> None:
     local_example_image does."""
     for block in demo.blocks.values():
         if isinstance(block, gr.components.Component) and getattr(block, "label", None):
-            block.preprocess = _labelled(block.preprocess, block.label)
+            block.preprocess = _labelled(block, block.preprocess, block.label)
     preprocess = demo.preprocess_data
 
     async def checked(block_fn, inputs, state, explicit_call=False):
@@ -48,8 +49,17 @@ def quiet_input_errors(demo: gr.Blocks) -> None:
     demo.preprocess_data = checked
 
 
-def _labelled(preprocess, label: str):
+def _labelled(block, preprocess, label: str):
+    """`block`'s preprocess, refusing what Gradio would coerce (a list turned into the text "[]", a
+    seed of 0.5 rounded to 0) and naming the input in every refusal."""
+    text = isinstance(block, gr.Textbox)
+    whole = isinstance(block, gr.Number) and block.precision == 0
+
     def labelled(payload):
+        if text and payload is not None and not isinstance(payload, str):
+            raise gr.Error(f"{label}: must be text, not a {type(payload).__name__}", print_exception=False)
+        if whole and isinstance(payload, float) and math.isfinite(payload) and not payload.is_integer():
+            raise gr.Error(f"{label}: must be a whole number, got {payload}", print_exception=False)
         try:
             return preprocess(payload)
         except gr.Error as error:
