@@ -27,7 +27,8 @@ def run_side_by_side(
     text_stats: GenerationStats | None = None, line_updates: bool = False,
 ) -> Iterator[tuple[str, object]]:
     """Yield ("words", TokenStep) and ("worlds", StepFrame | RenderResult) as they happen (and, with
-    `line_updates`, (side, InLine) while a side waits for a place in its model's batch)."""
+    `line_updates`, (side, InLine) while a side waits for a place in its model's batch, and the worlds
+    side skipping frames the reader is too slow to take: a live view)."""
     prompt = check_prompt(prompt)  # here, not inside the engines' threads, so the message reaches the caller
     words = TextGenerator.load(preset)
     worlds = ImageGenerator.load(preset)
@@ -48,7 +49,8 @@ def run_side_by_side(
 
     threads = [
         threading.Thread(target=pump, args=("words", words.stream(prompt, text_options, should_stop=stopped, stats=text_stats, line_updates=line_updates)), daemon=True),
-        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped, line_updates=line_updates)), daemon=True),
+        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped, line_updates=line_updates,
+                                                     skip_stale=line_updates)), daemon=True),
     ]
     for thread in threads:
         thread.start()

@@ -80,6 +80,8 @@ class InLine:
 
 
 _END = object()  # marks the end of a request's stream
+_SLOT = object()  # in the queue: "take the newest replaceable item now"
+_EMPTY = object()
 
 
 @dataclass(eq=False)
@@ -91,10 +93,31 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by the reader: Stop, or gone
     state: object = None  # the subclass's per-request state, made by start()
     position: int = 0  # its place in line when last told (0: not waiting)
+    skip_stale: bool = False  # the reader wants only the newest of the frames it has not taken (see emit)
     submitted: float = field(default_factory=time.perf_counter)
+    _slot: object = None  # the newest replaceable item not yet taken (_EMPTY: none)
+    _slot_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def emit(self, item) -> None:
-        self.out.put(item)
+    def __post_init__(self):
+        self._slot = _EMPTY
+
+    def emit(self, item, replaceable: bool = False) -> None:
+        """Send `item` to the reader. A `replaceable` item (a preview frame) that the reader has not taken
+        yet is replaced by the next one: a reader that falls behind (a slow phone, a busy server) skips
+        to the newest frame instead of drawing every stale one."""
+        if not (replaceable and self.skip_stale):
+            self.out.put(item)
+            return
+        with self._slot_lock:
+            waiting = self._slot is not _EMPTY
+            self._slot = item
+        if not waiting:
+            self.out.put(_SLOT)
+
+    def _take_slot(self):
+        with self._slot_lock:
+            item, self._slot = self._slot, _EMPTY
+        return item
 
     def finish(self, item=None) -> None:
         """The last item (a result, or an exception to raise in the reader), then the end."""
@@ -109,6 +132,8 @@ class Request:
                 item = self.out.get()
                 if item is _END:
                     return
+                if item is _SLOT:
+                    item = self._take_slot()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -136,21 +161,22 @@ class StepLoop:
 
     # ----------------------------------------------------------------- the readers' side
 
-    def submit(self, job) -> Request:
+    def submit(self, job, skip_stale: bool = False) -> Request:
         """Queue a request; RoomFull (at once) when `capacity` requests are already running or waiting."""
         with self._changed:
             if len(self._line) + len(self._active) >= self.capacity:
                 raise RoomFull(f"The room is full: {self.capacity} {self.name} runs are going or waiting. "
                                "Try again in a moment.")
-            request = Request(job)
+            request = Request(job, skip_stale=skip_stale)
             self._line.append(request)
             self._tell_line()
             self._changed.notify_all()
         return request
 
-    def stream(self, job, line_updates: bool = False):
-        """Submit `job` and yield what the loop emits for it (InLine items only if `line_updates`)."""
-        for item in self.submit(job).items():
+    def stream(self, job, line_updates: bool = False, skip_stale: bool = False):
+        """Submit `job` and yield what the loop emits for it (InLine items only if `line_updates`; with
+        `skip_stale`, a frame not yet taken when the next comes is skipped)."""
+        for item in self.submit(job, skip_stale).items():
             if line_updates or not isinstance(item, InLine):
                 yield item
 

@@ -123,7 +123,7 @@ class WordsVsWorldsTab:
 
     @on_gpu(duration=120)
     def generate_text(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
-                      top_p: float = 1.0, seed: int | None = None, progress=gr.Progress(track_tqdm=True)):
+                      top_p: float = 1.0, seed: int | None = None):
         """Write a reply with the language model, one token at a time, each with its probability.
 
         Args:
@@ -152,7 +152,7 @@ class WordsVsWorldsTab:
 
     @on_gpu(duration=120)
     def render_image(self, prompt: str, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
-                     seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
+                     seed: int = 0, scheduler: str = "dpm++"):
         """Draw a picture with the diffusion model, step by step from noise.
 
         Args:
@@ -171,7 +171,7 @@ class WordsVsWorldsTab:
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             note = self.note(prompt)
             noisy = x0 = None
-            for item in ImageGenerator.load(self.preset).stream(prompt, options, line_updates=True):
+            for item in ImageGenerator.load(self.preset).stream(prompt, options, line_updates=True, skip_stale=True):
                 if isinstance(item, InLine):
                     yield gr.skip(), gr.skip(), gr.skip(), item.message()
                 elif isinstance(item, StepFrame):
@@ -190,7 +190,7 @@ class WordsVsWorldsTab:
     @on_gpu(duration=120)
     def compare(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                 top_p: float = 1.0, steps: int = 20, guidance_scale: float = 5.0, negative_prompt: str = "",
-                seed: int = 0, scheduler: str = "dpm++", progress=gr.Progress(track_tqdm=True)):
+                seed: int = 0, scheduler: str = "dpm++"):
         """Both models on one prompt at once: the text token by token beside the picture step by step,
         with a shared timeline (arguments as in generate_text and render_image)."""
         with user_errors():

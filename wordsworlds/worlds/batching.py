@@ -176,7 +176,8 @@ class RenderLoop(StepLoop):
             render, job = request.state, request.job
             decode = id(request) in granted
             began = time.perf_counter()
-            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, decode, len(group), step_s))
+            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, decode, len(group), step_s),
+                         replaceable=True)
             if decode:
                 render.since_decode = 0
                 spent = time.perf_counter() - began

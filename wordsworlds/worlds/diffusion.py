@@ -177,13 +177,15 @@ class ImageGenerator:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def stream(self, prompt: str, options: RenderOptions | None = None, should_stop: Callable[[], bool] | None = None,
-               line_updates: bool = False, **option_kwargs) -> Iterator[StepFrame | RenderResult | InLine]:
+               line_updates: bool = False, skip_stale: bool = False,
+               **option_kwargs) -> Iterator[StepFrame | RenderResult | InLine]:
         """Yield a StepFrame per denoising step, then the RenderResult. With `line_updates`, InLine
-        items say the request's place while it waits for the batch."""
+        items say the request's place while it waits for the batch; with `skip_stale` (a live view), a
+        frame the reader has not taken when the next is ready is skipped (batched only)."""
         prompt = check_prompt(prompt)
         options = options or validate_render_options(**option_kwargs)
         if self.loop is not None:
-            yield from self.loop.stream(self._job(prompt, options, should_stop), line_updates)
+            yield from self.loop.stream(self._job(prompt, options, should_stop), line_updates, skip_stale)
             return
         frames: queue.Queue = queue.Queue()
         abandoned = threading.Event()  # set when the consumer stops listening (a cancelled request)
