@@ -30,4 +30,5 @@ if __name__ == "__main__":
     except ModelUnavailable as error:
         sys.exit(f"error: {error}\n(check a deployment with: python -m wordsworlds doctor)")
     uvicorn.run(create_app(demo, css=CSS), host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+                port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                access_log=False)  # a line per request: fifty phones fetching every frame would flood the console

@@ -19,6 +19,7 @@ excess at once with "the room is full"). The figures depend on what else runs: s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import socket
 import subprocess
@@ -27,7 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from gradio_client import Client
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,15 +57,19 @@ def shows_the_run(endpoint: str, output) -> bool:
         return bool(output[0]) and isinstance(output[0], list)
     if endpoint == "/render_image":
         return isinstance(output[0], str)
-    return (isinstance(output[0], list) and bool(output[0])) or isinstance(output[4], str)
+    return (isinstance(output[0], list) and bool(output[0])) or isinstance(output[3], str)  # tokens, or x_t
 
 
 def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier) -> None:
     """Connect, wait for every client to be connected, then submit at once: times run from the submit."""
     try:
         client = Client(url, verbose=False)
-    finally:
-        together.wait()
+    except Exception as error:  # noqa: BLE001  (counted and reported)
+        client = error
+    together.wait()
+    if isinstance(client, Exception):
+        rows.append(("error", None, None, 0.0, f"connect: {type(client).__name__}: {client}"[:100], index, None))
+        return
     started = time.perf_counter()
     first = shown = None
     try:
@@ -78,13 +85,24 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
                 job.cancel()
                 raise TimeoutError(f"not done after {CLIENT_TIMEOUT_S} s")
             time.sleep(0.05)
-        job.result()
+        result = job.result()
         done = time.perf_counter() - started
-        rows.append(("ok", first or done, shown or done, done, ""))
+        rows.append(("ok", first or done, shown or done, done, "", index, fingerprint(endpoint, result)))
     except Exception as error:  # noqa: BLE001  (counted and reported)
         text = f"{type(error).__name__}: {error}"
         kind = "refused" if "room is full" in text.lower() or "queue is full" in text.lower() else "error"
-        rows.append((kind, None, None, time.perf_counter() - started, text[:100]))
+        rows.append((kind, None, None, time.perf_counter() - started, text[:100], index, None))
+
+
+def fingerprint(endpoint: str, result) -> tuple:
+    """What a run produced, to compare the batched and alone modes: the text, and the final picture's pixels."""
+    text = picture = ""
+    if endpoint in ("/generate_text", "/compare"):
+        text = "".join(chunk["token"] for chunk in result[0])
+    if endpoint in ("/render_image", "/compare"):
+        path = result[2] if endpoint == "/render_image" else result[5]  # the final picture
+        picture = hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest()
+    return text, picture
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -135,6 +153,7 @@ def load(url: str, endpoint: str, clients: int, pid: int) -> dict:
         "per_minute": len(ok) / wall * 60,
         "rss": (idle, peak[0], rss_mb(pid)),
         "errors": sorted({r[4] for r in rows if r[0] == "error"}),
+        "results": {r[5]: r[6] for r in ok},
     }
 
 
@@ -172,6 +191,7 @@ def main() -> None:
     print(f"| mode | endpoint | N | ok | refused (within s) | first shown p50 / p95 s | first output p50 / p95 s "
           f"| done p50 / p95 s | jobs/min | RSS MB idle / peak / after | errors |")
     print("|---" * 11 + "|")
+    results: dict[tuple, dict] = {}
     for mode in args.modes:
         server, url = start_server(mode)
         try:
@@ -185,9 +205,20 @@ def main() -> None:
                       f"| {r['done'][0]:.1f} / {r['done'][1]:.1f} | {r['per_minute']:.0f} "
                       f"| {r['rss'][0]:.0f} / {r['rss'][1]:.0f} / {r['rss'][2]:.0f} | {'; '.join(r['errors']) or '-'} |",
                       flush=True)
+                results[mode, endpoint, clients] = r["results"]
         finally:
             server.terminate()
             server.wait()
+    if len(args.modes) == 2:  # quality beside speed: does batching change what a run produces?
+        print("\n| endpoint | N | runs finished in both modes | same text and same picture, batched and alone |")
+        print("|---|---|---|---|")
+        for (mode, endpoint, clients), batched in results.items():
+            if mode != "batched" or ("alone", endpoint, clients) not in results:
+                continue
+            alone = results["alone", endpoint, clients]
+            both = set(batched) & set(alone)
+            same = sum(batched[i] == alone[i] for i in both)
+            print(f"| {endpoint} | {clients} | {len(both)} | {same} |")
 
 
 if __name__ == "__main__":

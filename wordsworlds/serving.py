@@ -33,7 +33,7 @@ from .errors import InputError
 
 # Measured on the 2-core CPU (benchmarks/bench_room.py): beyond these, a run waits longer than a
 # person will, and the cores are already busy with every step's batch.
-MAX_BATCH = 32  # requests stepped together per model
+MAX_BATCH = 64  # requests stepped together per model: a room of fifty starts at once
 CAPACITY = 96  # requests admitted per model, running or waiting in line
 
 

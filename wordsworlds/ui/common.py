@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -69,6 +70,27 @@ def _labelled(block, preprocess, label: str):
                            print_exception=False) from None
 
     return labelled
+
+
+class Pace:
+    """When to send a streaming handler's next update: at once for a lone visitor, every PACE_S x (runs
+    in the busiest model's batch) seconds in a full room. With fifty phones each gets fewer, fuller
+    updates (the tokens gather between two), and the server's time goes to the models rather than to
+    messages and picture files (measured: benchmarks/bench_room.py)."""
+
+    PACE_S = 0.015
+
+    def __init__(self, *engines):
+        self.loops = [e.loop for e in engines if e.loop is not None]
+        self.last = 0.0
+
+    def due(self) -> bool:
+        running = max((loop.load[0] for loop in self.loops), default=0)
+        now = time.perf_counter()
+        if now - self.last >= self.PACE_S * running:
+            self.last = now
+            return True
+        return False
 
 
 def scroll_into_view(elem_id: str) -> str:

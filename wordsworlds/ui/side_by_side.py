@@ -21,7 +21,7 @@ from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerato
 from ..worlds.diffusion import (
     MAX_STEPS, SCHEDULERS, ImageGenerator, RenderResult, RenderStats, StepFrame, validate_render_options,
 )
-from .common import format_seconds, user_errors
+from .common import Pace, format_seconds, user_errors
 from .inside import InsideDiffusion
 
 EXAMPLE_PROMPTS = [
@@ -142,12 +142,15 @@ class WordsVsWorldsTab:
             options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
             stats = GenerationStats()
             steps, shaded = [], []
-            for step in TextGenerator.load(self.preset).stream(prompt, options, stats=stats, line_updates=True):
+            engine = TextGenerator.load(self.preset)
+            pace = Pace(engine)
+            for step in engine.stream(prompt, options, stats=stats, line_updates=True):
                 if isinstance(step, InLine):  # waiting for a place in the batch: say where, and how long
-                    yield gr.skip(), gr.skip(), step.message(), gr.skip()
+                    yield shaded, {}, step.message(), steps
                     continue
                 add_token(shaded, steps, step)
-                yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
+                if pace.due():
+                    yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
             yield shaded, candidates(steps[-1]) if steps else {}, describe_text_stats(stats), steps
 
     @on_gpu(duration=120)
@@ -171,15 +174,19 @@ class WordsVsWorldsTab:
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             note = self.note(prompt)
             noisy = x0 = None
-            for item in ImageGenerator.load(self.preset).stream(prompt, options, line_updates=True, skip_stale=True):
+            engine = ImageGenerator.load(self.preset)
+            pace = Pace(engine)
+            for item in engine.stream(prompt, options, line_updates=True, skip_stale=True):
                 if isinstance(item, InLine):
-                    yield gr.skip(), gr.skip(), gr.skip(), item.message()
+                    yield None, None, None, item.message()
                 elif isinstance(item, StepFrame):
                     # Between full decodes (see worlds.diffusion.PREVIEW_SHARE) the x0 view keeps its last
-                    # decoded picture: it is not sent again (gr.skip) while streaming.
+                    # decoded picture. Every output is sent each time, unchanged ones too: Gradio sends only
+                    # what changed, and its gr.skip() costs more (it rebuilds the component) than a value.
                     noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
-                    yield noisy, x0 if item.x0_decoded else gr.skip(), None, describe_render_stats(
-                        item.stats, options.steps, options.guidance_scale, note)
+                    if pace.due():
+                            yield noisy, x0, None, describe_render_stats(item.stats, options.steps,
+                                                                     options.guidance_scale, note)
                 else:
                     for warning in item.warnings:
                         gr.Warning(warning)
@@ -200,13 +207,16 @@ class WordsVsWorldsTab:
             text_stats = GenerationStats()
             shaded, records, timeline = [], [], []
             note = self.note(prompt)
-            skip = gr.skip()  # an output that did not change is not sent again
             started = time.perf_counter()
+            # Every output is sent each time, unchanged ones too: Gradio sends only what changed, and its
+            # gr.skip() costs more (it rebuilds the component) than a value.
+            meters = {"words": "", "worlds": ""}
+            noisy = x0 = final = None
+            pace = Pace(TextGenerator.load(self.preset), ImageGenerator.load(self.preset))
 
-            worlds = {"noisy": None, "x0": None, "final": None, "meter": ""}
-
-            def words():
-                return shaded, candidates(records[-1]) if records else {}, describe_text_stats(text_stats), records
+            def outputs():
+                return (shaded, candidates(records[-1]) if records else {}, meters["words"], records, noisy, x0, final,
+                        meters["worlds"], timeline)
 
             for side, item in run_side_by_side(self.preset, prompt, text_options, render_options, text_stats=text_stats,
                                                line_updates=True):
@@ -214,27 +224,25 @@ class WordsVsWorldsTab:
                 if row:
                     timeline.append(row)
                 if isinstance(item, InLine):  # waiting for a place in that model's batch
-                    words_meter, worlds_meter = (item.message(), skip) if side == "words" else (skip, item.message())
-                    yield skip, skip, words_meter, skip, skip, skip, skip, worlds_meter, skip
+                    meters[side] = item.message()
                 elif side == "words":
                     add_token(shaded, records, item)
-                    yield *words(), skip, skip, skip, skip, timeline
+                    meters["words"] = describe_text_stats(text_stats)
                 elif isinstance(item, StepFrame):
-                    worlds["noisy"] = item.noisy
-                    worlds["x0"] = item.x0 if item.x0_decoded else worlds["x0"]
-                    worlds["meter"] = describe_render_stats(item.stats, item.total_steps,
-                                                            render_options.guidance_scale, note)
-                    yield (skip, skip, skip, skip, item.noisy, item.x0 if item.x0_decoded else skip, skip,
-                           worlds["meter"], skip)
+                    noisy, x0 = item.noisy, item.x0 if item.x0_decoded else x0
+                    meters["worlds"] = describe_render_stats(item.stats, item.total_steps,
+                                                             render_options.guidance_scale, note)
                 elif isinstance(item, RenderResult):
                     for warning in item.warnings:
                         gr.Warning(warning)
-                    worlds["final"] = item.image
-                    worlds["meter"] = describe_render_stats(item.stats, render_options.steps,
-                                                            render_options.guidance_scale, note)
-                    yield skip, skip, skip, skip, skip, skip, item.image, worlds["meter"], timeline
+                    final = item.image
+                    meters["worlds"] = describe_render_stats(item.stats, render_options.steps,
+                                                             render_options.guidance_scale, note)
+                if isinstance(item, (InLine, RenderResult)) or pace.due():
+                    yield outputs()
             # The last message holds every output (what an API caller receives), with the words' final meter.
-            yield *words(), worlds["noisy"], worlds["x0"], worlds["final"], worlds["meter"], timeline
+            meters["words"] = describe_text_stats(text_stats)
+            yield outputs()
 
     def build(self) -> None:
         """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
