@@ -60,10 +60,13 @@ def shows_the_run(endpoint: str, output) -> bool:
     return (isinstance(output[0], list) and bool(output[0])) or isinstance(output[3], str)  # tokens, or x_t
 
 
-def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier) -> None:
-    """Connect, wait for every client to be connected, then submit at once: times run from the submit."""
+def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier,
+               connecting: threading.Semaphore) -> None:
+    """Connect (as a phone loads the page, a few at a time), wait for every client to be connected, then
+    submit at once, as a room pressing Run together: times run from the submit."""
     try:
-        client = Client(url, verbose=False)
+        with connecting:
+            client = Client(url, verbose=False)
     except Exception as error:  # noqa: BLE001  (counted and reported)
         client = error
     together.wait()
@@ -120,7 +123,9 @@ def rss_mb(pid: int) -> float:
 def load(url: str, endpoint: str, clients: int, pid: int) -> dict:
     rows: list = []
     together = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=one_client, args=(url, endpoint, i, rows, together)) for i in range(clients)]
+    connecting = threading.Semaphore(8)
+    threads = [threading.Thread(target=one_client, args=(url, endpoint, i, rows, together, connecting))
+               for i in range(clients)]
     idle = rss_mb(pid)
     peak = [idle]
     watching = threading.Event()
@@ -183,7 +188,7 @@ def start_server(mode: str) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--clients", type=int, nargs="*", default=[10, 25, 50])
     parser.add_argument("--endpoints", nargs="+", default=["/compare", "/generate_text", "/render_image"])
     parser.add_argument("--modes", nargs="+", default=["alone", "batched"], choices=["alone", "batched"])
     parser.add_argument("--burst", action="store_true", help=f"also {2 * CAPACITY} clients at once at /render_image")

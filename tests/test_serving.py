@@ -43,10 +43,14 @@ def test_a_seeded_render_is_the_same_alone_in_the_pipeline_and_among_many_in_the
     assert max(r.stats.batch_size for r in among) > 1  # they did share U-Net calls
     for i, result in enumerate(among):
         reference = alone.render(SCENES[i], **options[i])  # one diffusers pipeline call
-        assert np.array_equal(np.asarray(result.image), np.asarray(reference.image)), SCENES[i]
+        # A batched U-Net call sums its matrix products in another order than a call of one: the same
+        # picture, to at most one grey level in a few of its 12,288 values (measured among fifty: 46 of 50
+        # identical, the others off by one level in at most 1 value).
+        difference = np.abs(np.asarray(result.image, int) - np.asarray(reference.image, int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, SCENES[i]
         assert result.stats.unet_evaluations == reference.stats.unet_evaluations
     solo = batched.render(SCENES[0], **options[0])
-    assert np.array_equal(np.asarray(solo.image), np.asarray(among[0].image))
+    assert np.abs(np.asarray(solo.image, int) - np.asarray(among[0].image, int)).max() <= 1
 
 
 def test_a_seeded_text_is_the_same_alone_and_among_many_in_the_batch():
@@ -118,3 +122,21 @@ def test_past_capacity_a_request_is_refused_at_once_and_those_in_line_hear_their
     for stream in streams:
         assert [i for i in stream if not isinstance(i, InLine)][-1] == 0  # everyone admitted finishes
     assert loop.largest_batch == 2
+
+
+def test_a_full_room_gets_fewer_fuller_updates_and_a_lone_visitor_every_one():
+    from types import SimpleNamespace
+
+    from wordsworlds.ui.common import Pace
+
+    def engine(running):
+        return SimpleNamespace(loop=SimpleNamespace(load=(running, 0)))
+
+    alone = Pace(engine(1), SimpleNamespace(loop=None))
+    assert alone.due()
+    time.sleep(Pace.PACE_S * 1.5)  # a lone visitor's steps come slower than this: each one is sent
+    assert alone.due()
+    busy = Pace(engine(50))
+    assert busy.due() and not busy.due()  # the first at once, the next after PACE_S x 50 seconds
+    unbatched = Pace(SimpleNamespace(loop=None))
+    assert all(unbatched.due() for _ in range(5))
