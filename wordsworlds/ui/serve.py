@@ -13,7 +13,6 @@ matches. The app is also an MCP server (`/gradio_api/mcp/`), so an assistant can
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gradio as gr
@@ -24,7 +23,6 @@ from ..errors import MAX_UPLOAD
 from ..serving import CAPACITY
 
 MAX_THREADS = 2 * CAPACITY + 40  # the words and worlds loops full, and room for every other event
-SWITCH_INTERVAL_S = 0.0002
 QUEUE_SIZE = 64  # events waiting for a thread (the explorer and hybrid tabs run two at a time)
 
 WEB_COMPONENT_LOADER = Path(gr.__file__).parent / "templates" / "frontend" / "gradio.js"
@@ -39,11 +37,6 @@ def create_app(demo: gr.Blocks, css: str = "", theme=None) -> FastAPI:
     def web_component() -> Response:
         return Response(loader, media_type="text/javascript", headers={"Access-Control-Allow-Origin": "*"})
 
-    # The step loops (serving.py) run torch in worker threads; each op hands the GIL back and must wait for
-    # it again, up to `sys.getswitchinterval()` (5 ms) while the web thread is busy with fifty streams:
-    # measured, a batch-50 decode step took 0.43 s alone and 14.8 s beside one busy Python thread, 0.85 s
-    # with a 0.2 ms interval. The web process hands the GIL over sooner.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
     # Every request the engines admit holds a worker thread while it streams, and Gradio runs at most
     # `max_threads` jobs at once (40 unless launch() is told otherwise; a mounted app sets it here).
