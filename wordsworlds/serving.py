@@ -94,7 +94,6 @@ class Request:
     state: object = None  # the subclass's per-request state, made by start()
     position: int = 0  # its place in line when last told (0: not waiting)
     skip_stale: bool = False  # the reader wants only the newest of the frames it has not taken (see emit)
-    submitted: float = field(default_factory=time.perf_counter)
     _slot: object = None  # the newest replaceable item not yet taken (_EMPTY: none)
     _slot_lock: threading.Lock = field(default_factory=threading.Lock)
 

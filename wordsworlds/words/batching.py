@@ -35,7 +35,7 @@ class TokenJob:
     """What the loop needs of one request; the words engine (next_token.py) makes it."""
 
     input_ids: torch.Tensor  # (1, n) the prompt's tokens
-    take: Callable[[torch.Tensor, int], tuple[object, bool]]  # (logits row, batch size) -> (item to emit, finished?)
+    take: Callable[[torch.Tensor, int], tuple[object, bool]]  # (logits row, batch size) -> (its step, with .token_id; finished?)
     should_stop: Callable[[], bool] | None = None  # checked before every step, besides the reader leaving
     on_cancel: Callable[[], None] | None = None  # told when the request leaves the batch unfinished
 
@@ -44,6 +44,7 @@ class TokenJob:
 class _Row:
     length: int  # real tokens in the cache
     next_token: int  # fed at the next step
+    cache: DynamicCache | None = None  # its own prefill's cache, until merged into the batch's
 
 
 class TokenLoop(StepLoop):
@@ -80,8 +81,7 @@ class TokenLoop(StepLoop):
         if done:
             request.finish()
             return False
-        request.state = _Row(length=ids.shape[1], next_token=int(getattr(item, "token_id")))
-        request.state.cache = output.past_key_values
+        request.state = _Row(ids.shape[1], item.token_id, output.past_key_values)
         return True
 
     def _prefix_cache(self, ids: torch.Tensor) -> tuple[DynamicCache | None, int]:
@@ -97,7 +97,7 @@ class TokenLoop(StepLoop):
     def _merge(self, request: Request) -> None:
         """Add a prefilled request's cache to the batch's, left-padding the shorter side."""
         cache, length = request.state.cache, request.state.length
-        del request.state.cache
+        request.state.cache = None
         row_mask = torch.ones(1, length, dtype=torch.long, device=self.model.device)
         if self._cache is None:
             self._cache, self._mask, self._rows = cache, row_mask, [request]
@@ -161,7 +161,7 @@ class TokenLoop(StepLoop):
             item, done = request.job.take(output.logits[row, -1], len(rows))
             request.emit(item)
             request.state.length += 1
-            request.state.next_token = int(getattr(item, "token_id"))
+            request.state.next_token = item.token_id
             if done:
                 request.finish()
                 finished.append(request)

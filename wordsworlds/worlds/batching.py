@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -57,7 +57,6 @@ class _Render:
     guided: bool
     index: int = 0  # the next step
     since_decode: int = 1 << 30  # steps since the last full x0 decode (none yet: first in line)
-    extra: dict = field(default_factory=dict)
 
 
 class RenderLoop(StepLoop):
@@ -104,9 +103,6 @@ class RenderLoop(StepLoop):
                                        generator)
         request.state = _Render(latents, list(pipe.scheduler.timesteps), embeds, added,
                                 pipe.prepare_extra_step_kwargs(generator, 0.0), guided)
-
-    def reset(self) -> None:
-        pass  # every render's state lives on its request
 
     @torch.inference_mode()
     def step(self, active: list[Request]) -> list[Request]:
