@@ -1,10 +1,12 @@
 """A room of phones at once: N concurrent clients against the app on loopback, batched and alone.
 
-    python benchmarks/bench_room.py [--clients 10 25 50] [--modes batched alone] [--burst]
+    python benchmarks/bench_room.py [--clients 10 25 50] [--modes alone threads process] [--burst]
 
 For each mode it starts the app as `python app.py` serves it (a server process of its own on a
-free port; "alone" sets WORDSWORLDS_BATCHING=0, each request running on its own as before the
-step loops), then for each N fires N `gradio_client` clients at once at `/compare`,
+free port), in one of three modes (MODES): "alone", each request running on its own as before the
+step loops (WORDSWORLDS_BATCHING=0); "threads", the step loops batching in the web server's
+process (WORDSWORLDS_ENGINE_PROCESS=0); "process", the default, the step loops in an engine
+process of their own (engines.py). Then for each N fires N `gradio_client` clients at once at `/compare`,
 `/generate_text` and `/render_image` (each client its own prompt and seed), and prints, per
 mode, endpoint and N:
   - ok: runs that finished; refused: runs turned away (and within how many seconds);
@@ -12,7 +14,7 @@ mode, endpoint and N:
   - first output p50/p95: when anything first came back (a place in line counts);
   - done p50/p95, jobs per minute, errors (time-outs included);
   - the server's resident memory: idle before, peak, and after the load.
-`--burst` adds 2 x serving.CAPACITY clients at once at /render_image (the batched mode refuses the
+`--burst` adds 2 x serving.CAPACITY clients at once at /render_image (the batched modes refuse the
 excess at once with "the room is full"). The figures depend on what else runs: say so beside them.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import socket
 import subprocess
@@ -28,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from gradio_client import Client
 from PIL import Image
@@ -38,6 +42,11 @@ from wordsworlds.serving import CAPACITY  # noqa: E402
 
 SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
           "a small green square in the middle and a large purple circle below", "a large orange circle at the bottom"]
+MODES = {  # the server's settings per mode: each request alone; batched in the web process; in an engine process
+    "alone": {"WORDSWORLDS_BATCHING": "0"},
+    "threads": {"WORDSWORLDS_BATCHING": "1", "WORDSWORLDS_ENGINE_PROCESS": "0"},
+    "process": {"WORDSWORLDS_BATCHING": "1", "WORDSWORLDS_ENGINE_PROCESS": "1"},
+}
 CLIENT_TIMEOUT_S = 300  # a run not done by then counts as a time-out
 
 
@@ -56,8 +65,8 @@ def shows_the_run(endpoint: str, output) -> bool:
     if endpoint == "/generate_text":
         return bool(output[0]) and isinstance(output[0], list)
     if endpoint == "/render_image":
-        return isinstance(output[0], str)
-    return (isinstance(output[0], list) and bool(output[0])) or isinstance(output[3], str)  # tokens, or x_t
+        return bool(output[0])
+    return (isinstance(output[0], list) and bool(output[0])) or bool(output[3])  # tokens, or x_t
 
 
 def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier,
@@ -66,7 +75,9 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
     submit at once, as a room pressing Run together: times run from the submit."""
     try:
         with connecting:
-            client = Client(url, verbose=False)
+            # Pictures stay on the server (download_files=False): fetching every preview of fifty runs would
+            # make this one process, standing in for fifty phones, the busiest on the machine.
+            client = Client(url, verbose=False, download_files=False)
     except Exception as error:  # noqa: BLE001  (counted and reported)
         client = error
     together.wait()
@@ -77,13 +88,15 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
     first = shown = None
     try:
         job = client.submit(*arguments(endpoint, index), api_name=endpoint)
+        seen = 0
         while not job.done():
             outputs = job.outputs()
             now = time.perf_counter() - started
             if outputs and first is None:
                 first = now
-            if shown is None and any(shows_the_run(endpoint, o) for o in outputs):
+            if shown is None and any(shows_the_run(endpoint, o) for o in outputs[seen:]):
                 shown = now
+            seen = len(outputs)
             if now > CLIENT_TIMEOUT_S:
                 job.cancel()
                 raise TimeoutError(f"not done after {CLIENT_TIMEOUT_S} s")
@@ -98,13 +111,14 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
 
 
 def fingerprint(endpoint: str, result) -> tuple:
-    """What a run produced, to compare the batched and alone modes: the text, and the final picture's pixels."""
+    """What a run produced, to compare the batched modes with alone: the text, and the final picture's pixels."""
     text = picture = ""
     if endpoint in ("/generate_text", "/compare"):
         text = "".join(chunk["token"] for chunk in result[0])
     if endpoint in ("/render_image", "/compare"):
         path = result[2] if endpoint == "/render_image" else result[5]  # the final picture
-        picture = hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest()
+        picture = hashlib.sha256(np.asarray(Image.open(io.BytesIO(httpx.get(path["url"]).content))
+                                            .convert("RGB")).tobytes()).hexdigest()
     return text, picture
 
 
@@ -114,9 +128,14 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def rss_mb(pid: int) -> float:
+    """The resident memory of the server and its children (the engine process), in MB."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        total += rss_mb(int(child))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return total + int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -171,7 +190,7 @@ def free_port() -> int:
 def start_server(mode: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {"GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                        "WORDSWORLDS_BATCHING": "1" if mode == "batched" else "0"}
+                        **MODES[mode]}
     server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=open(f"/tmp/bench_room_{mode}.log", "w"))
     url = f"http://127.0.0.1:{port}/"
@@ -190,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, nargs="*", default=[10, 25, 50])
     parser.add_argument("--endpoints", nargs="+", default=["/compare", "/generate_text", "/render_image"])
-    parser.add_argument("--modes", nargs="+", default=["alone", "batched"], choices=["alone", "batched"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--burst", action="store_true", help=f"also {2 * CAPACITY} clients at once at /render_image")
     args = parser.parse_args()
     print(f"| mode | endpoint | N | ok | refused (within s) | first shown p50 / p95 s | first output p50 / p95 s "
@@ -214,16 +233,16 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-    if len(args.modes) == 2:  # quality beside speed: does batching change what a run produces?
-        print("\n| endpoint | N | runs finished in both modes | same text and same picture, batched and alone |")
-        print("|---|---|---|---|")
-        for (mode, endpoint, clients), batched in results.items():
-            if mode != "batched" or ("alone", endpoint, clients) not in results:
+    if "alone" in args.modes and len(args.modes) > 1:  # quality beside speed: does batching change a run's result?
+        print("\n| mode | endpoint | N | runs finished in both modes | same text and same picture as alone |")
+        print("|---|---|---|---|---|")
+        for (mode, endpoint, clients), served in results.items():
+            if mode == "alone" or ("alone", endpoint, clients) not in results:
                 continue
             alone = results["alone", endpoint, clients]
-            both = set(batched) & set(alone)
-            same = sum(batched[i] == alone[i] for i in both)
-            print(f"| {endpoint} | {clients} | {len(both)} | {same} |")
+            both = set(served) & set(alone)
+            same = sum(served[i] == alone[i] for i in both)
+            print(f"| {mode} | {endpoint} | {clients} | {len(both)} | {same} |")
 
 
 if __name__ == "__main__":

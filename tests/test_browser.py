@@ -315,6 +315,7 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
     """The API bypasses the sliders: every such call is refused with a message that says what is wrong
     (never "upstream Gradio app has raised an exception"), no model runs, no traceback reaches the
     server's log, and the app answers after. (benchmarks/fuzz_api.py times many more such calls.)"""
+    from wordsworlds.engines import RemoteEngine
     from wordsworlds.explore import explorer
     from wordsworlds.hybrid import loop
     from wordsworlds.words.next_token import TextGenerator
@@ -324,7 +325,7 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
     def no_model_work(*args, **kwargs):
         raise AssertionError("a model ran on hostile input")
 
-    for owner, name in [(TextGenerator, "stream"), (ImageGenerator, "stream"), (loop, "run_hybrid"),
+    for owner, name in [(TextGenerator, "stream"), (ImageGenerator, "stream"), (RemoteEngine, "stream"), (loop, "run_hybrid"),
                         (explorer, "embed"), (noising, "DDPMScheduler")]:
         monkeypatch.setattr(owner, name, no_model_work)
     refused = []

@@ -130,13 +130,85 @@ def test_a_full_room_gets_fewer_fuller_updates_and_a_lone_visitor_every_one():
     from wordsworlds.ui.common import Pace
 
     def engine(running):
-        return SimpleNamespace(loop=SimpleNamespace(load=(running, 0)))
+        return SimpleNamespace(running=running)
 
-    alone = Pace(engine(1), SimpleNamespace(loop=None))
+    alone = Pace(engine(1), engine(0))
     assert alone.due()
     time.sleep(Pace.PACE_S * 1.5)  # a lone visitor's steps come slower than this: each one is sent
     assert alone.due()
     busy = Pace(engine(50))
     assert busy.due() and not busy.due()  # the first at once, the next after PACE_S x 50 seconds
-    unbatched = Pace(SimpleNamespace(loop=None))
+    unbatched = Pace(engine(0))
     assert all(unbatched.due() for _ in range(5))
+
+
+# ----------------------------------------------------------------------------- the engine process
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """The offline preset's engine process, as the app starts it (engines.py)."""
+    from wordsworlds.engines import engine_process
+
+    process = engine_process(TINY)
+    process.wait_ready()
+    return process
+
+
+def test_the_engine_process_streams_what_the_engines_give_in_this_process(engines):
+    from wordsworlds.models import load_diffusion, load_llm
+    from wordsworlds.serving import InLine
+    from wordsworlds.words.next_token import GenerationStats, TextGenerator, validate_options
+    from wordsworlds.worlds.diffusion import ImageGenerator, RenderResult, StepFrame, validate_render_options
+
+    llm = load_llm(TINY)
+    options = validate_options(max_new_tokens=6, temperature=0.8, seed=5)
+    stats = GenerationStats()
+    remote = [s for s in engines.words.stream("Say hello.", options, stats=stats, line_updates=True)
+              if not isinstance(s, InLine)]
+    reference = TextGenerator(llm.model, llm.tokenizer).generate("Say hello.", max_new_tokens=6, temperature=0.8,
+                                                                  seed=5)
+    assert [s.token_id for s in remote] == [s.token_id for s in reference.steps]
+    assert max(abs(a.prob - b.prob) for a, b in zip(remote, reference.steps)) < 1e-4
+    assert (stats.new_tokens, stats.stopped_by) == (6, "max_new_tokens")  # the caller's stats, filled in
+
+    render = validate_render_options(steps=5, seed=2, scheduler="ddim")
+    items = list(engines.worlds.stream(SCENES[2], render))
+    assert [type(i) for i in items] == [StepFrame] * 5 + [RenderResult]
+    alone = ImageGenerator(load_diffusion(TINY).pipe).render(SCENES[2], steps=5, seed=2, scheduler="ddim")
+    assert np.abs(np.asarray(items[-1].image, int) - np.asarray(alone.image, int)).max() <= 1
+
+
+def test_the_engine_process_says_what_went_wrong_and_stops_what_is_left(engines):
+    from wordsworlds.errors import InputError
+    from wordsworlds.words.next_token import validate_options
+    from wordsworlds.worlds.diffusion import RenderResult, validate_render_options
+
+    with pytest.raises(InputError, match="prompt"):  # raised in the engine process, re-raised here
+        list(engines.words.stream("", validate_options()))
+    flags = {"stop": False}
+    items = []
+    for item in engines.worlds.stream(SCENES[0], validate_render_options(steps=60), should_stop=lambda: flags["stop"]):
+        items.append(item)
+        flags["stop"] = True  # Stop pressed after the first frame: the render ends at its next step
+    assert isinstance(items[-1], RenderResult) and items[-1].stats.stopped_by == "cancelled"
+    assert len(items) < 10
+    left = engines.words.stream("Tell a long story.", validate_options(max_new_tokens=200))
+    next(left)
+    left.close()  # the reader leaves: the request is cancelled there, and the engines serve the next
+    assert len(list(engines.words.stream("Say hello.", validate_options(max_new_tokens=3)))) == 3
+
+
+def test_a_stopped_engine_process_fails_its_requests_with_a_message_and_the_next_run_starts_another():
+    from wordsworlds.engines import EngineProcess
+    from wordsworlds.errors import ModelUnavailable
+    from wordsworlds.words.next_token import validate_options
+
+    process = EngineProcess(TINY)
+    process.wait_ready()
+    stream = process.words.stream("Tell a long story.", validate_options(max_new_tokens=200))
+    next(stream)
+    process._process.kill()  # a crash (out of memory, a killed process)
+    with pytest.raises(ModelUnavailable, match="engine process stopped"):
+        list(stream)
+    assert not process.alive  # engine_process() makes a new one for the next run

@@ -85,6 +85,7 @@ class Accel:
     preview_decoder: str = ""  # "": the full VAE for x0 previews; "tiny": TAESD; or a folder/Hub id
     few_step: str = ""  # "lcm-lora": fuse the model's LCM-LoRA and sample in 4 steps
     batching: bool = True  # concurrent requests share each step's forward pass (serving.py); off: each runs alone
+    engine_process: bool = True  # batched, the engines run in a process of their own (engines.py); off: threads
 
     def __post_init__(self):
         for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("llm_precision", LLM_PRECISIONS),

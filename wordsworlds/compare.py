@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 from .errors import check_prompt
 from .presets import Preset
-from .words.next_token import DecodingOptions, GenerationStats, TextGenerator, TokenStep
-from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
+from .engines import streaming_engines
+from .words.next_token import DecodingOptions, GenerationStats, TokenStep
+from .worlds.diffusion import RenderOptions, StepFrame
 
 _DONE = object()
 
@@ -30,8 +31,7 @@ def run_side_by_side(
     `line_updates`, (side, InLine) while a side waits for a place in its model's batch, and the worlds
     side skipping frames the reader is too slow to take: a live view)."""
     prompt = check_prompt(prompt)  # here, not inside the engines' threads, so the message reaches the caller
-    words = TextGenerator.load(preset)
-    worlds = ImageGenerator.load(preset)
+    words, worlds = streaming_engines(preset)
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
 

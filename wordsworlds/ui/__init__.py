@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..engines import engine_process
 from ..errors import ModelUnavailable
 from ..models import reports
 from ..presets import Preset
@@ -76,5 +77,9 @@ def build_demo(preset: Preset) -> gr.Blocks:
 
 def warm_up(preset: Preset) -> None:
     """Load the preset's models before the first visitor arrives (the first GGUF start converts
-    for ~25 s with a progress bar in the console; later starts read the cache)."""
+    for ~25 s with a progress bar in the console; later starts read the cache), and start the
+    engine process tab 1 streams from (engines.py), which loads its own copies meanwhile."""
+    engines = engine_process(preset) if preset.batched and preset.accel.engine_process else None
     reports(preset)  # every role: the LLM, diffusion, the meaning encoder, the describer
+    if engines is not None:
+        engines.wait_ready()

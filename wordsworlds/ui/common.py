@@ -81,11 +81,11 @@ class Pace:
     PACE_S = 0.015
 
     def __init__(self, *engines):
-        self.loops = [e.loop for e in engines if e.loop is not None]
+        self.engines = engines
         self.last = 0.0
 
     def due(self) -> bool:
-        running = max((loop.load[0] for loop in self.loops), default=0)
+        running = max(engine.running for engine in self.engines)
         now = time.perf_counter()
         if now - self.last >= self.PACE_S * running:
             self.last = now

@@ -12,14 +12,15 @@ import time
 import gradio as gr
 
 from ..compare import run_side_by_side, timeline_row
+from ..engines import streaming_engines
 from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
 from ..serving import InLine
 from ..world.scene import world_note
-from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, TextGenerator, validate_options
+from ..words.next_token import MAX_NEW_TOKENS_CAP, GenerationStats, validate_options
 from ..worlds.diffusion import (
-    MAX_STEPS, SCHEDULERS, ImageGenerator, RenderResult, RenderStats, StepFrame, validate_render_options,
+    MAX_STEPS, SCHEDULERS, RenderResult, RenderStats, StepFrame, validate_render_options,
 )
 from .common import Pace, format_seconds, user_errors
 from .inside import InsideDiffusion
@@ -142,7 +143,7 @@ class WordsVsWorldsTab:
             options = validate_options(max_new_tokens, temperature, top_k, top_p, seed)
             stats = GenerationStats()
             steps, shaded = [], []
-            engine = TextGenerator.load(self.preset)
+            engine, _ = streaming_engines(self.preset)
             pace = Pace(engine)
             for step in engine.stream(prompt, options, stats=stats, line_updates=True):
                 if isinstance(step, InLine):  # waiting for a place in the batch: say where, and how long
@@ -174,7 +175,7 @@ class WordsVsWorldsTab:
             options = validate_render_options(steps, guidance_scale, negative_prompt, seed, scheduler)
             note = self.note(prompt)
             noisy = x0 = None
-            engine = ImageGenerator.load(self.preset)
+            _, engine = streaming_engines(self.preset)
             pace = Pace(engine)
             for item in engine.stream(prompt, options, line_updates=True, skip_stale=True):
                 if isinstance(item, InLine):
@@ -212,7 +213,7 @@ class WordsVsWorldsTab:
             # gr.skip() costs more (it rebuilds the component) than a value.
             meters = {"words": "", "worlds": ""}
             noisy = x0 = final = None
-            pace = Pace(TextGenerator.load(self.preset), ImageGenerator.load(self.preset))
+            pace = Pace(*streaming_engines(self.preset))
 
             def outputs():
                 return (shaded, candidates(records[-1]) if records else {}, meters["words"], records, noisy, x0, final,

@@ -178,6 +178,11 @@ class TextGenerator:
         self.stop_ids = {self.tokenizer.eos_token_id} | set(self._extra_stop_ids())
         self.loop = _token_loop(self) if batching else None
 
+    @property
+    def running(self) -> int:
+        """Requests the model's loop is stepping now (0 without batching)."""
+        return self.loop.load[0] if self.loop is not None else 0
+
     @classmethod
     def load(cls, preset: Preset) -> "TextGenerator":
         """The preset's LLM (loaded once per process, models.load_llm), batched unless the preset says not."""

@@ -165,6 +165,11 @@ class ImageGenerator:
         batchable = pipe.unet.config.time_cond_proj_dim is None
         self.loop = _render_loop(pipe.unet) if batching and batchable else None
 
+    @property
+    def running(self) -> int:
+        """Requests the U-Net's loop is stepping now (0 without batching)."""
+        return self.loop.load[0] if self.loop is not None else 0
+
     @classmethod
     def load(cls, preset: Preset) -> "ImageGenerator":
         """The preset's diffusion pipeline (loaded once per process, models.load_diffusion)."""

@@ -1,0 +1,295 @@
+"""The engines the live views stream from, and the process they run in.
+
+The step loops (serving.py) batch a room's requests, but in the web server's process they share
+one interpreter lock with it: while the web threads turn fifty streams into messages, a loop
+thread waits for the lock between any two of torch's operations, and a batch-50 decode step that
+takes 0.29 s alone took 14.8 s beside one busy web thread (measured on the 2-core CPU). So, when
+batched, the words and worlds engines run in an `EngineProcess` of their own: the web process
+sends each request's prompt and options down a pipe and reads back what the engine yields (the
+tokens, the frames, the place in line, the result), one small message each.
+
+    >>> words, worlds = streaming_engines(preset)     # doctest: +SKIP
+    >>> for step in words.stream("Name a colour.", options, stats=stats, line_updates=True):  # doctest: +SKIP
+    ...     print(step)
+
+`streaming_engines` gives the engine process's proxies when the preset is batched (the app's
+default), else the engines themselves, each request running alone in the web process (the
+baseline, and ZeroGPU, where each call runs in a GPU process of its own). The proxies stream
+as the engines do: the same items, the same `stats`, `should_stop` and line updates; a reader
+that leaves cancels its request at the engine's next step.
+
+Why a process and a pipe, not a web server of its own (a model server): the items are Python
+objects (pictures, dataclasses) handed to Gradio as they are, one process owns the cores, and
+it starts and stops with the app. The engine process loads its own copies of the two models
+(the web process keeps its own for the explorer and the hybrid tab): on the offline preset
+about 0.7 GB more memory, bought for a server whose busy web threads no longer stall the models.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
+
+from .errors import ModelUnavailable
+from .presets import Preset
+from .serving import InLine, Request
+from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
+from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
+
+START_TIMEOUT_S = 600  # loading the models in the engine process (a first GGUF conversion takes ~25 s)
+ENGINE_KEY = "WORDSWORLDS_ENGINE_KEY"  # the one-time key the engine process connects back with
+
+
+def streaming_engines(preset: Preset) -> tuple:
+    """(words, worlds): what tab 1 streams from. Batched, the proxies of the preset's engine process;
+    else the engines themselves, each request running alone in this process."""
+    if preset.batched and preset.accel.engine_process:
+        engines = engine_process(preset)
+        return engines.words, engines.worlds
+    return TextGenerator.load(preset), ImageGenerator.load(preset)
+
+
+_PROCESSES: dict[Preset, "EngineProcess"] = {}
+_PROCESSES_LOCK = threading.Lock()
+
+
+def engine_process(preset: Preset) -> "EngineProcess":
+    """The preset's one engine process, started by the first caller (app.py starts it at launch)."""
+    with _PROCESSES_LOCK:
+        if preset not in _PROCESSES or not _PROCESSES[preset].alive:
+            _PROCESSES[preset] = EngineProcess(preset)
+        return _PROCESSES[preset]
+
+
+class EngineProcess:
+    """The words and worlds engines, batched, in a child process; `words` and `worlds` are their proxies.
+
+    The child is a fresh interpreter (`python -c ...serve_engines()`), not a fork (safe beside the
+    web server's threads and CUDA) nor a multiprocessing spawn (which would re-run app.py in it). It
+    connects back over a local socket with a one-time key and receives the preset."""
+
+    def __init__(self, preset: Preset):
+        key = secrets.token_bytes(32)
+        self._listener = Listener(family="AF_UNIX", authkey=key)
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = os.environ | {ENGINE_KEY: key.hex(),
+                            "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from wordsworlds.engines import serve_engines; serve_engines()",
+             self._listener.address], env=env, stdin=subprocess.DEVNULL)
+        self._preset = preset
+        self._pipe = None
+        self._send_lock = threading.Lock()
+        self._open: dict[int, Request] = {}
+        self._ids = itertools.count()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._gone = False
+        self.words = RemoteEngine(self, "words")
+        self.worlds = RemoteEngine(self, "worlds")
+        threading.Thread(target=self._read, name="engines-reader", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._gone
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Block until the engines are loaded; raise what stopped them (e.g. ModelUnavailable)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.5):
+            if self._process.poll() is not None:
+                self._gone = True
+                raise ModelUnavailable(f"the engine process exited with code {self._process.returncode} "
+                                       "before it was ready (its messages are in the server's log)")
+            if time.monotonic() > deadline:
+                raise ModelUnavailable(f"the engines did not start within {timeout_s:.0f} s")
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self) -> None:
+        """End the engine process (the web process's exit ends it too: it reads the end of the pipe)."""
+        self._gone = True
+        self._process.terminate()
+        self._process.wait(10)
+
+    def stream(self, side: str, arguments: tuple, skip_stale: bool,
+               should_stop: Callable[[], bool] | None) -> Iterator[tuple]:
+        """Start a request in the engine process; yield (item, stats) as they come, (None, stats) last. A
+        reader that leaves, or whose `should_stop` says so, cancels it there (it ends at its next step)."""
+        self.wait_ready()
+        request_id = next(self._ids)
+        request = Request(job=side, skip_stale=skip_stale)
+        self._open[request_id] = request
+        ended = stopping = False
+        try:
+            self._send(("start", request_id, side, arguments))
+            for message in request.items():
+                ended = message[0] is None
+                yield message
+                if ended:
+                    return
+                if not stopping and should_stop is not None and should_stop():
+                    stopping = True
+                    self._send(("cancel", request_id))
+        finally:
+            del self._open[request_id]
+            if not ended and not self._gone:
+                self._send(("cancel", request_id))
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            try:
+                self._pipe.send(message)
+            except (OSError, ValueError) as error:
+                raise ModelUnavailable("the engine process has stopped") from error
+
+    def _read(self) -> None:
+        """Take the child's connection, send it the preset, then hand each message from it to its request
+        (one thread, in arrival order)."""
+        try:
+            self._pipe = self._listener.accept()
+            self._listener.close()
+            self._pipe.send(self._preset)
+            while True:
+                kind, request_id, *rest = self._pipe.recv()
+                if kind == "ready":
+                    self._ready.set()
+                    continue
+                if kind == "failed":
+                    self._failure, self._gone = rest[0], True
+                    self._ready.set()
+                    return
+                request = self._open.get(request_id)
+                if request is None:  # its reader has left
+                    continue
+                if kind == "item":
+                    item, stats, replaceable = rest
+                    request.emit((item, stats), replaceable)
+                elif kind == "done":
+                    request.emit((None, rest[0]))
+                    request.finish(None)
+                else:  # "error"
+                    request.finish(rest[0])
+        except (EOFError, OSError):  # the engine process is gone: fail whoever waits; the next run starts it again
+            self._gone = True
+            self._failure = ModelUnavailable("the engine process stopped; the next run starts it again")
+            self._ready.set()
+            for request in list(self._open.values()):
+                request.finish(self._failure)
+
+
+class RemoteEngine:
+    """A proxy for the engine process's words or worlds engine, streaming as the engine does."""
+
+    def __init__(self, process: EngineProcess, side: str):
+        self.process, self.side = process, side
+        self._streaming = 0  # requests of this web process now streaming (for the pace of updates)
+        self._count_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return self._streaming
+
+    def stream(self, prompt: str, options: DecodingOptions | RenderOptions, should_stop=None,
+               stats: GenerationStats | None = None, line_updates: bool = False,
+               skip_stale: bool = False) -> Iterator:
+        """As TextGenerator.stream (words) or ImageGenerator.stream (worlds), served by the engine process."""
+        counted = False
+        try:
+            for item, item_stats in self.process.stream(self.side, (prompt, options, line_updates, skip_stale),
+                                                        skip_stale, should_stop):
+                if item_stats is not None and stats is not None:
+                    vars(stats).update(vars(item_stats))
+                if item is None:
+                    return
+                if not counted and not isinstance(item, InLine):
+                    counted = True
+                    self._count(+1)
+                yield item
+        finally:
+            if counted:
+                self._count(-1)
+
+    def _count(self, change: int) -> None:
+        with self._count_lock:
+            self._streaming += change
+
+
+# ----------------------------------------------------------------------------- the engine process's side
+
+
+def serve_engines() -> None:
+    """The engine process's entry point: connect back to the web process (the socket's address is the
+    first argument, the key in the environment), receive the preset, serve."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the console stops the web process, which ends this one
+    key = bytes.fromhex(os.environ.pop(ENGINE_KEY))
+    pipe = Client(sys.argv[1], family="AF_UNIX", authkey=key)
+    _serve(pipe, pipe.recv())
+
+
+def _serve(pipe, preset: Preset) -> None:
+    """The engine process: load the two engines (batched), then run each request in a thread of its own
+    that forwards what the engine yields; the engines' step loops batch them."""
+    send_lock = threading.Lock()
+
+    def send(message) -> None:
+        with send_lock:
+            pipe.send(message)
+
+    try:
+        engines = {"words": TextGenerator.load(preset), "worlds": ImageGenerator.load(preset)}
+    except BaseException as error:  # noqa: BLE001  (the web process raises it where it waits)
+        send(("failed", None, _portable(error)))
+        return
+    send(("ready", None))
+    cancels: dict[int, threading.Event] = {}
+
+    def run(request_id: int, side: str, arguments: tuple) -> None:
+        prompt, options, line_updates, skip_stale = arguments
+        stop = cancels[request_id]
+        try:
+            if side == "words":
+                stats = GenerationStats()
+                for item in engines["words"].stream(prompt, options, should_stop=stop.is_set, stats=stats,
+                                                    line_updates=line_updates):
+                    send(("item", request_id, item, stats, False))
+                send(("done", request_id, stats))
+            else:
+                for item in engines["worlds"].stream(prompt, options, should_stop=stop.is_set,
+                                                     line_updates=line_updates, skip_stale=skip_stale):
+                    send(("item", request_id, item, None, isinstance(item, StepFrame)))
+                send(("done", request_id, None))
+        except BaseException as error:  # noqa: BLE001  (re-raised in the web process)
+            send(("error", request_id, _portable(error)))
+        finally:
+            cancels.pop(request_id, None)
+
+    try:
+        while True:
+            kind, request_id, *rest = pipe.recv()
+            if kind == "start":
+                cancels[request_id] = threading.Event()
+                threading.Thread(target=run, args=(request_id, *rest), daemon=True).start()
+            elif kind == "cancel" and request_id in cancels:
+                cancels[request_id].set()
+    except (EOFError, OSError):  # the web process is gone
+        os._exit(0)
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error itself when it survives the pipe (InputError, RoomFull, ...), else its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}")
