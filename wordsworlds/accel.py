@@ -69,8 +69,8 @@ class Accel:
     """How the models run; each field a named option with a check and a fallback.
 
     The defaults are safe: fp32 on a CPU; on CUDA half precision with the VAE kept in fp32
-    (SDXL's VAE overflows in fp16) and PyTorch's SDPA attention. The speed-ups below are off
-    unless asked for.
+    (SDXL's VAE overflows in fp16) and PyTorch's SDPA attention; channels_last (same pictures,
+    faster). The other speed-ups below are off unless asked for.
     """
 
     device: str = "auto"  # "auto": CUDA when there is one, else the CPU
@@ -78,7 +78,9 @@ class Accel:
     llm_precision: str = "fp32"  # the LLM on a CPU: fp32, bf16 or int8 (see the module docstring)
     attention: str = "sdpa"  # "sdpa" (PyTorch's fused kernels), "xformers" (an optional extra), "classic" (matmuls)
     vae_fp32: bool = True  # under fp16/bf16, keep the VAE in fp32 and feed it cast latents
-    channels_last: bool = False  # NHWC memory layout for the convolutions (tensor cores like it)
+    # NHWC memory layout for the convolutions: on by default. Measured on the 2-core CPU, offline preset: a
+    # 20-step render 1.08 s -> 0.75 s, the U-Net at batch 100 0.45 s -> 0.40 s; pictures within one grey level.
+    channels_last: bool = True
     fuse_qkv: bool = False  # one matmul for Q, K and V in self-attention (K and V in cross-attention)
     compile: bool = False  # torch.compile the U-Net; slow first call, never on ZeroGPU
     vae_tiling: str = "auto"  # "auto": on for CUDA; decodes in tiles only above the VAE's native size

@@ -1,8 +1,9 @@
 """Continuous batching for the words engine: every active request's next token from one forward pass.
 
-A request joins with its own prefill (the prompt through the model once, reusing the cached
-keys and values of the chat template's fixed head, which every prompt shares), which gives
-its first token at once. It then joins the batch: one key/value cache for all active
+Newcomers are prefilled together (their prompts through the model in one forward pass,
+left-padded, after the cached keys and values of the chat template's fixed head, which every
+prompt shares), which gives each its first token at once: a room pressing Run together sees
+its first tokens after one pass, not after fifty. They then join the batch: one key/value cache for all active
 sequences, left-padded to a common length, with an attention mask over the padding and each
 row's own positions. Each step feeds every row its latest token, and each request samples
 its next one from its own row of logits, with its own settings and seed (`TokenJob.take`),
@@ -27,7 +28,8 @@ from transformers import DynamicCache
 
 from ..serving import CAPACITY, MAX_BATCH, Request, StepLoop
 
-PREFILLS_PER_STEP = 4  # prompts prefilled per iteration, so decoding never stalls behind a crowd of newcomers
+PREFILL_TOKENS = 2048  # prompt tokens prefilled together per iteration: a room's newcomers start at once, while
+# one very long prompt cannot stall everyone's decoding for long
 
 
 @dataclass(eq=False)
@@ -44,7 +46,6 @@ class TokenJob:
 class _Row:
     length: int  # real tokens in the cache
     next_token: int  # fed at the next step
-    cache: DynamicCache | None = None  # its own prefill's cache, until merged into the batch's
 
 
 class TokenLoop(StepLoop):
@@ -70,45 +71,71 @@ class TokenLoop(StepLoop):
         self._cache = self._mask = None
         self._rows, self._joining = [], []
 
-    def _prefill(self, request: Request) -> bool:
-        """The prompt through the model; emits the first token. False when the request already ended."""
-        job: TokenJob = request.job
-        ids = job.input_ids.to(self.model.device)
-        past, start = self._prefix_cache(ids)
-        output = self.model(input_ids=ids[:, start:], past_key_values=past, use_cache=True, logits_to_keep=1)
-        item, done = job.take(output.logits[0, -1], 1)
-        request.emit(item)
-        if done:
-            request.finish()
-            return False
-        request.state = _Row(ids.shape[1], item.token_id, output.past_key_values)
-        return True
+    def _prefill(self, group: list[Request]) -> list[Request]:
+        """The prompts of `group` through the model in one forward pass (after the shared head, when they
+        start with it), each emitting its first token; merge those that go on into the batch's cache.
+        Returns the requests already finished (their first token ended them)."""
+        ids = [request.job.input_ids[0].to(self.model.device) for request in group]
+        n = self._head_length(ids)
+        suffixes = [row[n:] for row in ids]
+        width = max(len(x) for x in suffixes)
+        # Left-padded: each row's last real token is the last column. The mask covers the head (real), the
+        # padding (0) and the prompt (real); each token keeps the position it has when prefilled alone.
+        tokens = torch.stack([torch.cat([x.new_zeros(width - len(x)), x]) for x in suffixes])
+        mask = torch.stack([torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(width - len(x), dtype=torch.long),
+                                       torch.ones(len(x), dtype=torch.long)]) for x in suffixes]).to(tokens.device)
+        positions = torch.stack([torch.cat([torch.full((width - len(x),), n), torch.arange(n, n + len(x))])
+                                 for x in suffixes]).to(tokens.device)
+        past = self._head_cache(len(group)) if n else None
+        output = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=past,
+                            use_cache=True, logits_to_keep=1)
+        finished, going_on = [], []
+        for row, request in enumerate(group):
+            item, done = request.job.take(output.logits[row, -1], len(group))
+            request.emit(item)
+            if done:
+                request.finish()
+                finished.append(request)
+            else:
+                request.state = _Row(len(ids[row]), item.token_id)
+                going_on.append(row)
+        if going_on:
+            keep = torch.tensor(going_on, device=tokens.device)
+            cache = output.past_key_values
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+            self._merge([group[i] for i in going_on], cache, mask[keep])
+        return finished
 
-    def _prefix_cache(self, ids: torch.Tensor) -> tuple[DynamicCache | None, int]:
-        """A cache holding the shared head's keys and values when the prompt starts with it."""
+    def _head_length(self, ids: list[torch.Tensor]) -> int:
+        """How many leading tokens every prompt of a group takes from the cached head (0: none)."""
         n = len(self.prefix_ids)
-        if not n or ids.shape[1] <= n or ids[0, :n].tolist() != self.prefix_ids:
-            return None, 0
-        if self._prefix is None:
-            head = self.model(input_ids=ids[:, :n], use_cache=True, logits_to_keep=1).past_key_values
-            self._prefix = [(layer.keys, layer.values) for layer in head.layers]
-        return DynamicCache(ddp_cache_data=self._prefix), n
+        head = torch.tensor(self.prefix_ids, device=self.model.device)
+        if n and all(len(x) > n and torch.equal(x[:n], head) for x in ids):
+            return n
+        return 0
 
-    def _merge(self, request: Request) -> None:
-        """Add a prefilled request's cache to the batch's, left-padding the shorter side."""
-        cache, length = request.state.cache, request.state.length
-        request.state.cache = None
-        row_mask = torch.ones(1, length, dtype=torch.long, device=self.model.device)
+    def _head_cache(self, rows: int) -> DynamicCache:
+        """A cache holding the shared head's keys and values, once per row (computed on first use)."""
+        if self._prefix is None:
+            head = torch.tensor([self.prefix_ids], device=self.model.device)
+            cache = self.model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
+            self._prefix = [(layer.keys, layer.values) for layer in cache.layers]
+        return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1).contiguous(),
+                                             v.expand(rows, -1, -1, -1).contiguous()) for k, v in self._prefix])
+
+    def _merge(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add prefilled rows (their cache and mask) to the batch's, left-padding the narrower side."""
         if self._cache is None:
-            self._cache, self._mask, self._rows = cache, row_mask, [request]
+            self._cache, self._mask, self._rows = cache, mask, list(requests)
             return
-        width = self._mask.shape[1]
+        width = max(self._mask.shape[1], mask.shape[1])
         for batch_layer, new_layer in zip(self._cache.layers, cache.layers):
             for name in ("keys", "values"):
                 old, new = getattr(batch_layer, name), getattr(new_layer, name)
-                setattr(batch_layer, name, torch.cat(_pad_left([old, new], max(width, length)), dim=0))
-        self._mask = torch.cat(_pad_left([self._mask, row_mask], max(width, length), dim=1), dim=0)
-        self._rows.append(request)
+                setattr(batch_layer, name, torch.cat(_pad_left([old, new], width), dim=0))
+        self._mask = torch.cat(_pad_left([self._mask, mask], width, dim=1), dim=0)
+        self._rows += requests
 
     def _drop(self, ended: list[Request]) -> None:
         """Remove ended rows, then the padding columns no row needs any more."""
@@ -130,15 +157,17 @@ class TokenLoop(StepLoop):
     @torch.inference_mode()
     def step(self, active: list[Request]) -> list[Request]:
         ended = []
-        for request in self._joining[:PREFILLS_PER_STEP]:
+        group, budget = [], PREFILL_TOKENS
+        while self._joining and (not group or self._joining[0].job.input_ids.shape[1] <= budget):
+            request = self._joining.pop(0)
             if request.cancelled.is_set():  # the reader left before its first token
                 self._cancel(request)
                 ended.append(request)
-            elif self._prefill(request):
-                self._merge(request)
             else:
-                ended.append(request)
-        self._joining = self._joining[PREFILLS_PER_STEP:]
+                group.append(request)
+                budget -= request.job.input_ids.shape[1]
+        if group:
+            ended += self._prefill(group)
 
         stopped = [r for r in self._rows if self._stopped(r)]
         for request in stopped:
