@@ -165,7 +165,7 @@ def test_preview_decoder_options(pipe, tiny_folders):
     assert load_preview_decoder(Accel(), pipe) == (None, "x0 previews: full VAE")
     decoder, ran = load_preview_decoder(Accel(preview_decoder=str(tiny_folders["taesd"])), pipe)
     assert isinstance(decoder, AutoencoderTiny) and ran.startswith("x0 previews: tiny decoder")
-    assert decode_latents(decoder, torch.randn(1, 4, 8, 8)).size == (64, 64)
+    assert decode_latents(decoder, torch.randn(1, 4, 8, 8))[0].size == (64, 64)
     decoder, ran = load_preview_decoder(Accel(preview_decoder=str(tiny_folders["sd"] / "nothing")), pipe)
     assert decoder is None and ran.startswith("x0 previews: full VAE (tiny decoder")
     decoder, ran = load_preview_decoder(Accel(preview_decoder="tiny"), pipe, "/my/own/model")

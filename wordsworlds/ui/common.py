@@ -78,7 +78,7 @@ class Pace:
     updates (the tokens gather between two), and the server's time goes to the models rather than to
     messages and picture files (measured: benchmarks/bench_room.py)."""
 
-    PACE_S = 0.015
+    PACE_S = 0.03
 
     def __init__(self, *engines):
         self.engines = engines

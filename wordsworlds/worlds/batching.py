@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -41,9 +42,11 @@ class RenderJob:
     seed: int
     height: int | None
     width: int | None
-    # (step index, timestep, latents, x0 guess, decode x0 in full?, requests in this U-Net call) -> item to emit
-    on_step: Callable[[int, float, torch.Tensor, torch.Tensor, bool, int], object]
-    on_end: Callable[[torch.Tensor, str], object]  # (final latents, "done" or "cancelled") -> the result to emit
+    # (step index, timestep, latents, x0 guess, x0 decoded in full or None, requests in this U-Net call, seconds)
+    # -> the item to emit
+    on_step: Callable[[int, float, torch.Tensor, torch.Tensor, object, int, float], object]
+    on_end: Callable[[np.ndarray, str], object]  # (the decoded picture, "done" or "cancelled") -> the result to emit
+    decode_x0: Callable[[torch.Tensor], list]  # x0 latents (k, c, h, w) -> k preview pictures, in one decoder call
     should_stop: Callable[[], bool] | None = None
 
 
@@ -162,31 +165,57 @@ class RenderLoop(StepLoop):
         # The preview budget: full x0 decodes, for the renders that waited longest (a newcomer first), while
         # the decodes' time stays within PREVIEW_SHARE of the U-Net's (a credit carried from step to step).
         self._credit = min(self._credit + PREVIEW_SHARE * unet_s, 4 * PREVIEW_SHARE * unet_s)
-        granted = set()
-        for request, _, _ in sorted(results, key=lambda r: -r[0].state.since_decode):
+        granted = []
+        for request, _, x0 in sorted(results, key=lambda r: -r[0].state.since_decode):
             if request.state.index == len(request.state.timesteps) or self._credit >= 0:
-                granted.add(id(request))
+                granted.append((request, x0))
                 self._credit -= self._decode_s
-        ended = []
+        previews = self._decode_previews(granted)
+        ended, finals = [], []
         for request, t, x0 in results:
             render, job = request.state, request.job
-            decode = id(request) in granted
-            began = time.perf_counter()
-            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, decode, len(group), step_s),
+            picture = previews.get(id(request))
+            render.since_decode = 0 if picture is not None else render.since_decode + 1
+            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, picture, len(group), step_s),
                          replaceable=True)
-            if decode:
-                render.since_decode = 0
-                spent = time.perf_counter() - began
-                self._decode_s = spent if not self._decode_s else 0.9 * self._decode_s + 0.1 * spent
-            else:
-                render.since_decode += 1
             if render.index == len(render.timesteps):
-                request.finish(job.on_end(render.latents, "done"))
-                ended.append(request)
+                finals.append((request, "done"))
             elif job.should_stop is not None and job.should_stop():  # Stop: the picture so far, as the pipeline's interrupt
-                request.finish(job.on_end(render.latents, "cancelled"))
-                ended.append(request)
+                finals.append((request, "cancelled"))
+        for (request, reason), picture in zip(finals, _decode_finals([r for r, _ in finals])):
+            request.finish(request.job.on_end(picture, reason))
+            ended.append(request)
         return ended
+
+    def _decode_previews(self, granted: list) -> dict:
+        """The granted x0 previews, decoded in one call per decoder; updates the mean cost of one."""
+        pictures = {}
+        if not granted:
+            return pictures
+        began = time.perf_counter()
+        by_decoder: dict = {}
+        for request, x0 in granted:
+            by_decoder.setdefault(request.job.decode_x0, []).append((request, x0))
+        for decode, renders in by_decoder.items():
+            for (request, _), picture in zip(renders, decode(torch.cat([x0[-1:] for _, x0 in renders]))):
+                pictures[id(request)] = picture
+        spent = (time.perf_counter() - began) / len(granted)
+        self._decode_s = spent if not self._decode_s else 0.9 * self._decode_s + 0.1 * spent
+        return pictures
+
+
+def _decode_finals(requests: list[Request]) -> list[np.ndarray]:
+    """The final pictures (H, W, 3) in [0, 1], through the full VAE, one call for the renders that share it."""
+    pictures: dict[int, np.ndarray] = {}
+    by_vae: dict[int, list[Request]] = {}
+    for request in requests:
+        by_vae.setdefault(id(request.job.pipe.vae), []).append(request)
+    for renders in by_vae.values():
+        vae = renders[0].job.pipe.vae
+        latents = torch.cat([r.state.latents for r in renders]).to(vae.dtype) / vae.config.scaling_factor
+        decoded = (vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        pictures.update({id(r): array for r, array in zip(renders, decoded)})
+    return [pictures[id(r)] for r in requests]
 
 
 def x0_guess(scheduler, noise_pred: torch.Tensor, seen: torch.Tensor, t) -> torch.Tensor:

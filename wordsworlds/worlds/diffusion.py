@@ -219,33 +219,31 @@ class ImageGenerator:
         started = time.perf_counter()
         per_step = 2 if options.guidance_scale > 1 else 1
 
-        def on_step(index, t, latents, x0, decode, batch, step_s) -> StepFrame:
+        def on_step(index, t, latents, x0, x0_picture, batch, step_s) -> StepFrame:
             stats.step_times_s.append(step_s)
             stats.steps, stats.unet_evaluations = index + 1, stats.unet_evaluations + per_step
             stats.batch_size = max(stats.batch_size, batch)
-            return self._frame(index, t, latents, x0 if options.previews else None, decode, options, stats, started)
+            return self._frame(index, t, latents, x0 if options.previews else None, x0_picture, options, stats, started)
 
-        def on_end(latents, reason) -> RenderResult:
+        def on_end(array, reason) -> RenderResult:
             stats.stopped_by = reason
-            array = (self.pipe.vae.decode(latents.to(self.pipe.vae.dtype) / self.pipe.vae.config.scaling_factor)
-                     .sample[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
             stats.total_s = time.perf_counter() - started
             return _result(array, stats)
 
         return RenderJob(pipe, prompt, options.negative_prompt, options.steps, options.guidance_scale, options.seed,
-                         options.height, options.width, on_step, on_end, should_stop)
+                         options.height, options.width, on_step, on_end, self.decode_many, should_stop)
 
-    def _frame(self, index, t, latents, x0, decode, options, stats, started) -> StepFrame:
-        """One step's frame: x_t through the linear preview; x0 decoded by the VAE (`decode`) or linear."""
+    def _frame(self, index, t, latents, x0, x0_picture, options, stats, started) -> StepFrame:
+        """One step's frame: x_t through the linear preview; x0 as decoded in full (`x0_picture`), else linear."""
         now = time.perf_counter()
         noisy = self.previewer.to_image(latents[-1].cpu())
         image = None
         if x0 is not None:
-            image = self.decode(x0) if decode else self.previewer.to_image(x0[-1].cpu(), smooth=True)
+            image = x0_picture if x0_picture is not None else self.previewer.to_image(x0[-1].cpu(), smooth=True)
         stats.preview_s += time.perf_counter() - now
         stats.total_s = now - started
-        return StepFrame(index + 1, options.steps, float(t), noisy, image, now - started, decode and image is not None,
-                         replace(stats, step_times_s=list(stats.step_times_s)))
+        return StepFrame(index + 1, options.steps, float(t), noisy, image, now - started,
+                         x0_picture is not None and x0 is not None, replace(stats, step_times_s=list(stats.step_times_s)))
 
     def render(self, prompt: str, **options) -> RenderResult:
         *_, result = self.stream(prompt, **options)
@@ -292,7 +290,10 @@ class ImageGenerator:
             last_step = i + 1 == pipeline.num_timesteps
             decode = last_step or stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
             x0 = latest.get("x0") if options.previews else None
-            emit(self._frame(i, t, tensors["latents"], x0, decode, options, stats, started))
+            began = time.perf_counter()
+            picture = self.decode(x0) if decode and x0 is not None else None
+            stats.preview_s += time.perf_counter() - began
+            emit(self._frame(i, t, tensors["latents"], x0, picture, options, stats, started))
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"
@@ -321,7 +322,12 @@ class ImageGenerator:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         """Decode one latent (the x0 preview): the tiny preview decoder if there is one, else the full VAE."""
-        return decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents[-1:])
+        return self.decode_many(latents[-1:])[0]
+
+    @torch.inference_mode()
+    def decode_many(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode x0 previews (k, c, h, w) in one call of the preview decoder (or the full VAE)."""
+        return decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents)
 
 
 def _result(array: np.ndarray, stats: RenderStats) -> RenderResult:
@@ -367,9 +373,9 @@ def _render_loop(unet) -> RenderLoop:
         return _LOOPS[id(unet)]
 
 
-def decode_latents(vae, latents: torch.Tensor) -> Image.Image:
-    """One latent -> a picture, through a VAE (AutoencoderKL or AutoencoderTiny), on the VAE's device."""
+def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents (k, c, h, w) -> k pictures, through a VAE (AutoencoderKL or AutoencoderTiny), on the VAE's device."""
     latents = latents.to(vae.device, vae.dtype)
-    decoded = vae.decode(latents / vae.config.scaling_factor).sample[0]
-    array = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+    decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    arrays = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(array) for array in arrays]

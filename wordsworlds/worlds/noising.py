@@ -71,4 +71,4 @@ def noise_image(pipe, image, timestep: int, seed: int = 0, prompt: str = "") -> 
         x0 = math.sqrt(a) * noisy - math.sqrt(1 - a) * predicted
     else:
         x0 = (noisy - math.sqrt(1 - a) * predicted) / math.sqrt(a)
-    return NoisingResult(decode_latents(vae, noisy), decode_latents(vae, x0), math.sqrt(a), math.sqrt(1 - a))
+    return NoisingResult(decode_latents(vae, noisy)[0], decode_latents(vae, x0)[0], math.sqrt(a), math.sqrt(1 - a))
