@@ -232,7 +232,11 @@ def main() -> None:
                 results[mode, endpoint, clients] = r["results"]
         finally:
             server.terminate()
-            server.wait()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:  # uvicorn waits for the connections of timed-out clients to close
+                server.kill()
+                server.wait()
     if "alone" in args.modes and len(args.modes) > 1:  # quality beside speed: does batching change a run's result?
         print("\n| mode | endpoint | N | runs finished in both modes | same text and same picture as alone |")
         print("|---|---|---|---|---|")

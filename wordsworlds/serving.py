@@ -24,6 +24,8 @@ cores would each run at a fraction of the speed and both get slower.
 from __future__ import annotations
 
 import collections
+import ctypes
+import gc
 import queue
 import threading
 import time
@@ -35,6 +37,17 @@ from .errors import InputError
 # person will, and the cores are already busy with every step's batch.
 MAX_BATCH = 64  # requests stepped together per model: a room of fifty starts at once
 CAPACITY = 96  # requests admitted per model, running or waiting in line
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system. A full room's batches (key/value caches, activations)
+    leave glibc's heap holding hundreds of MB it keeps for reuse; `malloc_trim` returns it, so the
+    server's memory falls back towards its idle size after the room has gone."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 class RoomFull(InputError):
@@ -209,6 +222,8 @@ class StepLoop:
     def _admit(self) -> list[Request]:
         with self._changed:
             self._line = collections.deque(r for r in self._line if not r.cancelled.is_set())
+            if not self._active and not self._line:
+                release_memory()  # the room has emptied: give back what its batches took
             while not self._active and not self._line:
                 self._changed.wait()
             joining = []
