@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--limit-ms", type=float, default=100)
     parser.add_argument("--show", type=int, default=12, help="print this many of the cases that were not clean")
     args = parser.parse_args()
-    server, url = start_server("batched")
+    server, url = start_server("process")
     try:
         config = httpx.get(f"{url}config").json()
         components = {c["id"]: c for c in config["components"]}
@@ -143,7 +143,7 @@ def main() -> None:
             if kind != "clean":
                 examples.append((kind, name, position, str(data[position])[:40], round(seconds * 1000), message[:120]))
         floor = sorted(call(url, "tokenize_words", ["dog, cat", ""])[2] for _ in range(20))
-        log = Path("/tmp/bench_room_batched.log").read_text()
+        log = Path("/tmp/bench_room_process.log").read_text()
         normal = call(url, "render_image", ["a red circle", 4, 5.0, "", 0, "ddim"])
     finally:
         server.terminate()
