@@ -47,7 +47,8 @@ MODES = {  # the server's settings per mode: each request alone; batched in the 
     "threads": {"WORDSWORLDS_BATCHING": "1", "WORDSWORLDS_ENGINE_PROCESS": "0"},
     "process": {"WORDSWORLDS_BATCHING": "1", "WORDSWORLDS_ENGINE_PROCESS": "1"},
 }
-CLIENT_TIMEOUT_S = 300  # a run not done by then counts as a time-out
+CLIENT_TIMEOUT_S = 300
+JOIN_TIMEOUT_S = 60  # for each HTTP request of a client (joining the queue, reading its events)  # a run not done by then counts as a time-out
 
 
 def arguments(endpoint: str, index: int) -> tuple:
@@ -77,7 +78,8 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
         with connecting:
             # Pictures stay on the server (download_files=False): fetching every preview of fifty runs would
             # make this one process, standing in for fifty phones, the busiest on the machine.
-            client = Client(url, verbose=False, download_files=False)
+            # A browser waits for the server's answer to its join; gradio_client gives up after httpx's 5 s.
+            client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": JOIN_TIMEOUT_S})
     except Exception as error:  # noqa: BLE001  (counted and reported)
         client = error
     together.wait()

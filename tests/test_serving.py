@@ -212,3 +212,26 @@ def test_a_stopped_engine_process_fails_its_requests_with_a_message_and_the_next
     with pytest.raises(ModelUnavailable, match="engine process stopped"):
         list(stream)
     assert not process.alive  # engine_process() makes a new one for the next run
+
+
+def test_past_capacity_the_web_process_refuses_at_once_without_asking_the_engine_process():
+    from wordsworlds.engines import RemoteEngine
+
+    class OneStepProcess:  # stands in for EngineProcess: one item per request, then the end
+        asked = 0
+
+        def stream(self, side, arguments, skip_stale, should_stop):
+            self.asked += 1
+            yield "first", None
+            yield None, None
+
+    process = OneStepProcess()
+    engine = RemoteEngine(process, "worlds", capacity=1)
+    going = engine.stream("a red circle", None)
+    assert next(going) == "first" and engine.running == 1
+    started = time.perf_counter()
+    with pytest.raises(RoomFull, match="room is full: 1 worlds runs"):
+        next(engine.stream("a blue square", None))
+    assert time.perf_counter() - started < 0.1 and process.asked == 1
+    assert list(going) == [] and engine.running == 0  # the first run ends: its place is free again
+    assert list(engine.stream("a blue square", None)) == ["first"]

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from .errors import ModelUnavailable
 from .presets import Preset
-from .serving import InLine, Request
+from .serving import CAPACITY, InLine, Request, RoomFull
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
 
@@ -189,11 +189,13 @@ class EngineProcess:
 
 
 class RemoteEngine:
-    """A proxy for the engine process's words or worlds engine, streaming as the engine does."""
+    """A proxy for the engine process's words or worlds engine, streaming as the engine does. Past the
+    engine's capacity it refuses here, at once, without a round trip to a busy engine process."""
 
-    def __init__(self, process: EngineProcess, side: str):
-        self.process, self.side = process, side
-        self._streaming = 0  # requests of this web process now streaming (for the pace of updates)
+    def __init__(self, process: EngineProcess, side: str, capacity: int = CAPACITY):
+        self.process, self.side, self.capacity = process, side, capacity
+        self._open = 0  # requests of this web process going or waiting in the engine's line
+        self._streaming = 0  # of those, the ones that have started (for the pace of updates)
         self._count_lock = threading.Lock()
 
     @property
@@ -204,7 +206,11 @@ class RemoteEngine:
                stats: GenerationStats | None = None, line_updates: bool = False,
                skip_stale: bool = False) -> Iterator:
         """As TextGenerator.stream (words) or ImageGenerator.stream (worlds), served by the engine process."""
-        counted = False
+        with self._count_lock:
+            if self._open >= self.capacity:
+                raise RoomFull.of(self.side, self.capacity)
+            self._open += 1
+        started = False
         try:
             for item, item_stats in self.process.stream(self.side, (prompt, options, line_updates, skip_stale),
                                                         skip_stale, should_stop):
@@ -212,17 +218,17 @@ class RemoteEngine:
                     vars(stats).update(vars(item_stats))
                 if item is None:
                     return
-                if not counted and not isinstance(item, InLine):
-                    counted = True
-                    self._count(+1)
+                if not started and not isinstance(item, InLine):
+                    started = True
+                    self._count(streaming=+1)
                 yield item
         finally:
-            if counted:
-                self._count(-1)
+            self._count(open_=-1, streaming=-1 if started else 0)
 
-    def _count(self, change: int) -> None:
+    def _count(self, open_: int = 0, streaming: int = 0) -> None:
         with self._count_lock:
-            self._streaming += change
+            self._open += open_
+            self._streaming += streaming
 
 
 # ----------------------------------------------------------------------------- the engine process's side

@@ -53,6 +53,10 @@ def release_memory() -> None:
 class RoomFull(InputError):
     """Refused because the room is full: said at once, with when to try again."""
 
+    @classmethod
+    def of(cls, name: str, capacity: int) -> "RoomFull":
+        return cls(f"The room is full: {capacity} {name} runs are going or waiting. Try again in a moment.")
+
 
 class FairLock:
     """A lock handed out first come, first served (threading.Lock promises no order: one loop
@@ -177,8 +181,7 @@ class StepLoop:
         """Queue a request; RoomFull (at once) when `capacity` requests are already running or waiting."""
         with self._changed:
             if len(self._line) + len(self._active) >= self.capacity:
-                raise RoomFull(f"The room is full: {self.capacity} {self.name} runs are going or waiting. "
-                               "Try again in a moment.")
+                raise RoomFull.of(self.name, self.capacity)
             request = Request(job, skip_stale=skip_stale)
             self._line.append(request)
             self._tell_line()
