@@ -1,6 +1,6 @@
 """A room of phones at once: N concurrent clients against the app on loopback, batched and alone.
 
-    python benchmarks/bench_room.py [--clients 10 25 50] [--modes alone threads process] [--burst]
+    python benchmarks/bench_room.py [--clients 10 25 50] [--modes alone threads process] [--burst] [--raw]
 
 For each mode it starts the app as `python app.py` serves it (a server process of its own on a
 free port), in one of three modes (MODES): "alone", each request running on its own as before the
@@ -15,7 +15,10 @@ mode, endpoint and N:
   - done p50/p95, jobs per minute, errors (time-outs included);
   - the server's resident memory: idle before, peak, and after the load.
 `--burst` adds 2 x serving.CAPACITY clients at once at /render_image (the batched modes refuse the
-excess at once with "the room is full"). The figures depend on what else runs: say so beside them.
+excess at once with "the room is full"). `--raw` sends the clients over Gradio's plain HTTP API (a
+POST, then its event stream) instead: fifty `gradio_client` clients in one process share the two
+cores with the server, and their own threads and message handling slow it down. The figures
+depend on what else runs: say so beside them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -112,6 +116,42 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
         rows.append((kind, None, None, time.perf_counter() - started, text[:100], index, None))
 
 
+def raw_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier,
+               connecting: threading.Semaphore) -> None:
+    """As one_client, but over Gradio's plain HTTP API (a POST, then its event stream), a thread blocked on
+    a socket: about as little client work as a phone's, so the figures are the server's."""
+    together.wait()
+    started = time.perf_counter()
+    first = shown = None
+    try:
+        body = json.dumps({"data": list(arguments(endpoint, index))})
+        api = f"{url}gradio_api/call{endpoint}"
+        response = httpx.post(api, content=body, headers={"Content-Type": "application/json"}, timeout=JOIN_TIMEOUT_S)
+        response.raise_for_status()
+        event = data = None
+        with httpx.stream("GET", f"{api}/{response.json()['event_id']}", timeout=CLIENT_TIMEOUT_S) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("generating", "complete", "error"):
+                    now = time.perf_counter() - started
+                    first = first or now
+                    if shown is None or event != "generating":  # read a message only while it matters
+                        data = json.loads(line.split(":", 1)[1])
+                        if event != "error" and shown is None and shows_the_run(endpoint, data):
+                            shown = now
+                    if event in ("complete", "error"):
+                        break
+        done = time.perf_counter() - started
+        if event != "complete":
+            raise RuntimeError(str(data)[:200])
+        rows.append(("ok", first or done, shown or done, done, "", index, fingerprint(endpoint, data)))
+    except Exception as error:  # noqa: BLE001  (counted and reported)
+        text = f"{type(error).__name__}: {error}"
+        kind = "refused" if "room is full" in text.lower() or "queue is full" in text.lower() else "error"
+        rows.append((kind, None, None, time.perf_counter() - started, text[:100], index, None))
+
+
 def fingerprint(endpoint: str, result) -> tuple:
     """What a run produced, to compare the batched modes with alone: the text, and the final picture's pixels."""
     text = picture = ""
@@ -141,11 +181,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def load(url: str, endpoint: str, clients: int, pid: int) -> dict:
+def load(url: str, endpoint: str, clients: int, pid: int, client=one_client) -> dict:
     rows: list = []
     together = threading.Barrier(clients + 1)
     connecting = threading.Semaphore(8)
-    threads = [threading.Thread(target=one_client, args=(url, endpoint, i, rows, together, connecting))
+    threads = [threading.Thread(target=client, args=(url, endpoint, i, rows, together, connecting))
                for i in range(clients)]
     idle = rss_mb(pid)
     peak = [idle]
@@ -212,6 +252,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[10, 25, 50])
     parser.add_argument("--endpoints", nargs="+", default=["/compare", "/generate_text", "/render_image"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--raw", action="store_true", help="clients over the plain HTTP API, not gradio_client")
     parser.add_argument("--burst", action="store_true", help=f"also {2 * CAPACITY} clients at once at /render_image")
     args = parser.parse_args()
     print(f"| mode | endpoint | N | ok | refused (within s) | first shown p50 / p95 s | first output p50 / p95 s "
@@ -225,7 +266,7 @@ def main() -> None:
             if args.burst:
                 plan.append(("/render_image", 2 * CAPACITY))
             for endpoint, clients in plan:
-                r = load(url, endpoint, clients, server.pid)
+                r = load(url, endpoint, clients, server.pid, raw_client if args.raw else one_client)
                 print(f"| {mode} | {endpoint} | {clients} | {r['ok']} | {r['refused']} ({r['refused_within']:.2f}) "
                       f"| {r['shown'][0]:.1f} / {r['shown'][1]:.1f} | {r['first'][0]:.1f} / {r['first'][1]:.1f} "
                       f"| {r['done'][0]:.1f} / {r['done'][1]:.1f} | {r['per_minute']:.0f} "
