@@ -235,3 +235,15 @@ def test_past_capacity_the_web_process_refuses_at_once_without_asking_the_engine
     assert time.perf_counter() - started < 0.1 and process.asked == 1
     assert list(going) == [] and engine.running == 0  # the first run ends: its place is free again
     assert list(engine.stream("a blue square", None)) == ["first"]
+
+
+def test_an_engine_process_that_cannot_load_its_models_says_why_to_every_run_without_starting_again():
+    from wordsworlds.engines import EngineProcess
+    from wordsworlds.errors import ModelUnavailable
+    from wordsworlds.presets import get_preset
+
+    process = EngineProcess(get_preset("tiny", llm="/nonexistent/llm-folder"))
+    for _ in range(2):
+        with pytest.raises(ModelUnavailable, match="nonexistent"):
+            process.wait_ready()
+    assert process.alive  # engine_process() keeps it: a missing model is said at once, not reloaded per run

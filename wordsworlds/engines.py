@@ -116,12 +116,6 @@ class EngineProcess:
         if self._failure is not None:
             raise self._failure
 
-    def stop(self) -> None:
-        """End the engine process (the web process's exit ends it too: it reads the end of the pipe)."""
-        self._gone = True
-        self._process.terminate()
-        self._process.wait(10)
-
     def stream(self, side: str, arguments: tuple, skip_stale: bool,
                should_stop: Callable[[], bool] | None) -> Iterator[tuple]:
         """Start a request in the engine process; yield (item, stats) as they come, (None, stats) last. A
@@ -165,8 +159,8 @@ class EngineProcess:
                 if kind == "ready":
                     self._ready.set()
                     continue
-                if kind == "failed":
-                    self._failure, self._gone = rest[0], True
+                if kind == "failed":  # e.g. a model missing here: said to every run, not retried for each
+                    self._failure = rest[0]
                     self._ready.set()
                     return
                 request = self._open.get(request_id)
