@@ -247,3 +247,15 @@ def test_an_engine_process_that_cannot_load_its_models_says_why_to_every_run_wit
         with pytest.raises(ModelUnavailable, match="nonexistent"):
             process.wait_ready()
     assert process.alive  # engine_process() keeps it: a missing model is said at once, not reloaded per run
+
+
+def test_a_batched_render_without_previews_decodes_only_its_final_picture():
+    from wordsworlds.models import load_diffusion
+    from wordsworlds.worlds.diffusion import ImageGenerator, RenderResult
+
+    engine = ImageGenerator(load_diffusion(TINY).pipe, batching=True)
+    *frames, result = engine.stream(SCENES[1], steps=4, seed=7, previews=False)
+    assert isinstance(result, RenderResult) and len(frames) == 4
+    assert all(f.x0 is None and not f.x0_decoded for f in frames)
+    with_previews = engine.render(SCENES[1], steps=4, seed=7)
+    assert np.array_equal(np.asarray(result.image), np.asarray(with_previews.image))

@@ -46,7 +46,7 @@ class RenderJob:
     # -> the item to emit
     on_step: Callable[[int, float, torch.Tensor, torch.Tensor, object, int, float], object]
     on_end: Callable[[np.ndarray, str], object]  # (the decoded picture, "done" or "cancelled") -> the result to emit
-    decode_x0: Callable[[torch.Tensor], list]  # x0 latents (k, c, h, w) -> k preview pictures, in one decoder call
+    decode_x0: Callable[[torch.Tensor], list] | None  # x0 latents (k, c, h, w) -> k pictures in one call; None: no previews
     should_stop: Callable[[], bool] | None = None
 
 
@@ -167,6 +167,8 @@ class RenderLoop(StepLoop):
         self._credit = min(self._credit + PREVIEW_SHARE * unet_s, 4 * PREVIEW_SHARE * unet_s)
         granted = []
         for request, _, x0 in sorted(results, key=lambda r: -r[0].state.since_decode):
+            if request.job.decode_x0 is None:  # previews off
+                continue
             if request.state.index == len(request.state.timesteps) or self._credit >= 0:
                 granted.append((request, x0))
                 self._credit -= self._decode_s

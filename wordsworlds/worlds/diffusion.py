@@ -231,7 +231,8 @@ class ImageGenerator:
             return _result(array, stats)
 
         return RenderJob(pipe, prompt, options.negative_prompt, options.steps, options.guidance_scale, options.seed,
-                         options.height, options.width, on_step, on_end, self.decode_many, should_stop)
+                         options.height, options.width, on_step, on_end,
+                         self.decode_many if options.previews else None, should_stop)
 
     def _frame(self, index, t, latents, x0, x0_picture, options, stats, started) -> StepFrame:
         """One step's frame: x_t through the linear preview; x0 as decoded in full (`x0_picture`), else linear."""
