@@ -53,10 +53,15 @@ ENGINE_KEY = "WORDSWORLDS_ENGINE_KEY"  # the one-time key the engine process con
 def streaming_engines(preset: Preset) -> tuple:
     """(words, worlds): what tab 1 streams from. Batched, the proxies of the preset's engine process;
     else the engines themselves, each request running alone in this process."""
-    if preset.batched and preset.accel.engine_process:
+    if served_apart(preset):
         engines = engine_process(preset)
         return engines.words, engines.worlds
     return TextGenerator.load(preset), ImageGenerator.load(preset)
+
+
+def served_apart(preset: Preset) -> bool:
+    """Whether the preset's live views are served by an engine process (batched, and not switched off)."""
+    return preset.batched and preset.accel.engine_process
 
 
 _PROCESSES: dict[Preset, "EngineProcess"] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..engines import engine_process
+from ..engines import engine_process, served_apart
 from ..errors import ModelUnavailable
 from ..models import reports
 from ..presets import Preset
@@ -79,7 +79,7 @@ def warm_up(preset: Preset) -> None:
     """Load the preset's models before the first visitor arrives (the first GGUF start converts
     for ~25 s with a progress bar in the console; later starts read the cache), and start the
     engine process tab 1 streams from (engines.py), which loads its own copies meanwhile."""
-    engines = engine_process(preset) if preset.batched and preset.accel.engine_process else None
+    engines = engine_process(preset) if served_apart(preset) else None
     reports(preset)  # every role: the LLM, diffusion, the meaning encoder, the describer
     if engines is not None:
         engines.wait_ready()

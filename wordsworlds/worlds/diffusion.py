@@ -244,7 +244,7 @@ class ImageGenerator:
         stats.preview_s += time.perf_counter() - now
         stats.total_s = now - started
         return StepFrame(index + 1, options.steps, float(t), noisy, image, now - started,
-                         x0_picture is not None and x0 is not None, replace(stats, step_times_s=list(stats.step_times_s)))
+                         x0_picture is not None, replace(stats, step_times_s=list(stats.step_times_s)))
 
     def render(self, prompt: str, **options) -> RenderResult:
         *_, result = self.stream(prompt, **options)
