@@ -32,40 +32,47 @@ def run_side_by_side(
     side skipping frames the reader is too slow to take: a live view)."""
     prompt = check_prompt(prompt)  # here, not inside the engines' threads, so the message reaches the caller
     words, worlds = streaming_engines(preset)
+    yield from merge_streams({
+        "words": lambda stopped: words.stream(prompt, text_options, should_stop=stopped, stats=text_stats,
+                                              line_updates=line_updates),
+        "worlds": lambda stopped: worlds.stream(prompt, render_options, should_stop=stopped, line_updates=line_updates,
+                                                skip_stale=line_updates),
+    }, should_stop)
+
+
+def merge_streams(streams: dict, should_stop=None) -> Iterator[tuple[str, object]]:
+    """Run each `name: start(stopped) -> iterator` in a thread of its own and yield (name, item) in the
+    order items arrive. An error in any stream is raised here; leaving early stops them all."""
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
 
     def stopped() -> bool:
         return stop.is_set() or (should_stop is not None and should_stop())
 
-    def pump(side: str, stream) -> None:
+    def pump(name: str, start) -> None:
         try:
-            for item in stream:
-                events.put((side, item))
+            for item in start(stopped):
+                events.put((name, item))
         except BaseException as error:  # the consumer re-raises it
-            events.put((side, error))
+            events.put((name, error))
         finally:
-            events.put((side, _DONE))
+            events.put((name, _DONE))
 
-    threads = [
-        threading.Thread(target=pump, args=("words", words.stream(prompt, text_options, should_stop=stopped, stats=text_stats, line_updates=line_updates)), daemon=True),
-        threading.Thread(target=pump, args=("worlds", worlds.stream(prompt, render_options, should_stop=stopped, line_updates=line_updates,
-                                                     skip_stale=line_updates)), daemon=True),
-    ]
+    threads = [threading.Thread(target=pump, args=(name, start), daemon=True) for name, start in streams.items()]
     for thread in threads:
         thread.start()
     running = len(threads)
     try:
         while running:
-            side, item = events.get()
+            name, item = events.get()
             if item is _DONE:
                 running -= 1
             elif isinstance(item, BaseException):
                 raise item
             else:
-                yield side, item
+                yield name, item
     finally:
-        stop.set()  # a consumer that leaves early (cancel) stops both engines
+        stop.set()  # a consumer that leaves early (cancel) stops every stream
 
 
 def timeline_row(item, elapsed_s: float) -> list | None:

@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from .accel import NAMES, Accel, apply_diffusion_policies, optimize_llm
 from .errors import ModelUnavailable
-from .presets import LCM_LORAS, PREVIEW_DECODERS, Preset
+from .presets import LCM_LORAS, PREVIEW_DECODERS, SHAPES_WORLD, Preset
 from .world.recognizer import Recognizer
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the families the step engine knows
@@ -355,6 +355,45 @@ def _load_describer(source: str, mirror: str, accel: Accel, shapes_world: bool) 
     return Describer(Report("describer", source, note or device, NAMES[dtype]), model=model, processor=processor)
 
 
+# ---------------------------------------------------------------- the two-by-two's models
+
+
+def load_captioner(preset: Preset, process: str):
+    """One of the paired caption writers (words.captions.Captioner): "next_token" or "masked_diffusion"."""
+    return _load_captioner(preset.captioners, process)
+
+
+@once_per_process
+def _load_captioner(source: str, process: str):
+    from .words.captions import Captioner
+
+    try:
+        captioner = Captioner.load(process, source)
+    except (OSError, ValueError) as error:
+        raise _unavailable(f"{process.replace('_', '-')} caption", source, error) from None
+    captioner.report = Report(f"{process.replace('_', '-')} captioner", Path(source).name + "/" + process, "cpu", "fp32")
+    return captioner
+
+
+def load_painter(preset: Preset):
+    """The next-token painter (worlds.painter.Painter), drawing with the shapes world's VAE."""
+    return _load_painter(preset.painter)
+
+
+@once_per_process
+def _load_painter(source: str):
+    from .worlds.painter import Painter
+
+    try:
+        # Its image tokens are codes of the miniature Stable Diffusion's latents: that VAE, whatever the preset.
+        vae = diffusers.AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae").eval()
+        painter = Painter.load(vae, source)
+    except (OSError, ValueError) as error:
+        raise _unavailable("painter", source, error) from None
+    painter.report = Report("next-token painter", Path(source).name, "cpu", "fp32")
+    return painter
+
+
 # ---------------------------------------------------------------- all of them
 
 
@@ -362,10 +401,11 @@ def reports(preset: Preset) -> list[Report]:
     """Load every model of the preset; one Report per role. Raises ModelUnavailable for the first
     one that cannot be loaded."""
     return [load_llm(preset).report, load_diffusion(preset).report, load_sentence_encoder(preset).report,
-            load_describer(preset).report]
+            load_describer(preset).report, load_captioner(preset, "next_token").report,
+            load_captioner(preset, "masked_diffusion").report, load_painter(preset).report]
 
 
 def clear_caches() -> None:
     """Forget every loaded model (tests that swap presets)."""
-    for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer):
+    for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer, _load_captioner, _load_painter):
         loader.cache_clear()

@@ -26,7 +26,10 @@ PRESET_ENV = "WORDSWORLDS_PRESET"
 DEFAULT_PRESET = "tiny"
 SHAPES_WORLD = str(Path(__file__).parent / "world" / "weights")
 SHAPES_RECOGNIZER = str(Path(__file__).parent / "world" / "recognizer")
-ROLES = ("llm", "meaning_encoder", "diffusion", "describer")
+# The two-by-two's own models, trained here on the shapes world (world/train_captions.py, train_painter.py).
+SHAPES_CAPTIONERS = str(Path(__file__).parent / "world" / "captions")
+SHAPES_PAINTER = str(Path(__file__).parent / "world" / "painter")
+ROLES = ("llm", "meaning_encoder", "diffusion", "describer", "captioners", "painter")
 DEFAULT_CACHE = str(Path.home() / ".cache" / "wordsworlds")
 
 # Few-step adapters (Luo et al., 2023, "LCM-LoRA"): a LoRA distilled for 2-8 steps with LCMScheduler,
@@ -66,6 +69,8 @@ class Preset:
     describer: str  # a vision-language model, or the shapes-world recognizer's folder
     hardware: str  # which Space hardware it suits
     base_recipe: Recipe
+    captioners: str = SHAPES_CAPTIONERS  # the paired caption writers: <folder>/next_token, <folder>/masked_diffusion
+    painter: str = SHAPES_PAINTER  # the next-token image model (it draws with the shapes world's VAE)
     accel: Accel = field(default_factory=Accel)
     hub_mirror: str = ""  # a folder holding Hub ids as <mirror>/<owner>/<name> (offline copies)
     cache_dir: str = DEFAULT_CACHE  # where converted models are kept between starts

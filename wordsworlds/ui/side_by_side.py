@@ -24,6 +24,7 @@ from ..worlds.diffusion import (
 )
 from .common import Pace, format_seconds, user_errors
 from .inside import InsideDiffusion
+from .two_by_two import TwoByTwo
 
 EXAMPLE_PROMPTS = [
     "a large red circle on the left and a small blue square on the right",
@@ -249,6 +250,8 @@ class WordsVsWorldsTab:
         """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
         then the picture and the text on one screen, their meters under them; settings and examples below."""
         recipe = self.preset.recipe
+        TwoByTwo(self.preset).build()
+        gr.Markdown("### The chat model beside the picture")
         gr.Markdown(
             "One prompt, two ways of making things: the **language model** commits to one token at a time, left "
             "to right, for good; the **diffusion model** refines the whole canvas from noise at every step.",

@@ -156,3 +156,57 @@ def build_scheduler(zero_terminal_snr: bool = True) -> DDIMScheduler:
         rescale_betas_zero_snr=zero_terminal_snr,
         timestep_spacing="trailing" if zero_terminal_snr else "leading",
     )
+
+
+# --- The two-by-two's models: a paired caption writer (next-token / masked-diffusion) and a
+# next-token painter over image tokens. Standard transformers classes again, at toy width.
+
+WORD_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]", "bos_token": "[BOS]",
+                 "sep_token": "[SEP]", "eos_token": "[EOS]"}
+
+
+def build_word_tokenizer(corpus: list[str], extra_tokens: tuple[str, ...] = ()):
+    """A word-level tokenizer (one token per word of `corpus`, lower-cased), saved as any HF tokenizer.
+
+    The caption models write the world's words, so a word per token keeps every step of
+    either process one word on screen. Words outside the vocabulary become [UNK].
+    `extra_tokens` (e.g. image codes) are appended after the words.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token=WORD_SPECIALS["unk_token"]))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=list(WORD_SPECIALS.values()), show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    if extra_tokens:
+        backend.add_tokens(list(extra_tokens))
+    from tokenizers import decoders
+
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **WORD_SPECIALS)
+
+
+@dataclass
+class CaptionerConfig:
+    """One size for both caption models, so that only the process differs between them."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    max_positions: int = 96
+
+
+def build_captioner(process: str, vocab_size: int, config: CaptionerConfig, pad_token_id: int):
+    """A BERT of the given size: `next_token` with causal attention (BertLMHeadModel),
+    `masked_diffusion` with full attention (BertForMaskedLM). Same layers, same parameter count."""
+    from transformers import BertConfig, BertForMaskedLM, BertLMHeadModel
+
+    bert = BertConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, intermediate_size=config.hidden * 4,
+        max_position_embeddings=config.max_positions, type_vocab_size=1, pad_token_id=pad_token_id,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # an endless synthetic stream: no overfitting to fight
+        is_decoder=process == "next_token",
+    )
+    return BertLMHeadModel(bert) if process == "next_token" else BertForMaskedLM(bert)

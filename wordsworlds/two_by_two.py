@@ -1,0 +1,118 @@
+"""The two-by-two: one prompt, four lanes, two processes (next-token, denoising) x two media (words, worlds).
+
+|        | next-token                             | denoising                                  |
+|--------|----------------------------------------|--------------------------------------------|
+| words  | `words_next_token`: a causal BERT      | `words_masked_diffusion`: the same BERT    |
+|        | writes the caption left to right       | with full attention unmasks every position |
+| worlds | `worlds_next_token`: a GPT-2 writes    | `worlds_denoising`: the preset's diffusion |
+|        | the picture's 64 image tokens          | model (offline: the miniature SD)          |
+
+Each lane streams its own process; `merge_streams` yields (lane, frame) as frames happen.
+Two one-click demonstrations show what only one process can do: `fill_blanks` (words:
+masked diffusion fills blanks in place, next-token can only continue from the words before
+the first blank) and `repaint` (worlds: denoising repaints a region in place, next-token
+can only continue from the tokens before it).
+
+    >>> from wordsworlds.two_by_two import run_two_by_two
+    >>> for lane, frame in run_two_by_two(preset, "a large red circle on the left", options):  # doctest: +SKIP
+    ...     print(lane, frame)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from .compare import merge_streams
+from .engines import streaming_engines
+from .errors import InputError, check_prompt
+from .models import load_captioner, load_diffusion, load_painter
+from .presets import Preset
+from .worlds.diffusion import RenderOptions, RenderResult
+from .worlds.repaint import parse_region, repaint_stream
+
+LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token", "worlds_denoising")
+
+
+@dataclass
+class Before:
+    """The picture a repaint starts from (the lane's own, painted or rendered from the first prompt)."""
+
+    picture: Image.Image
+
+
+def _check_lengths(preset: Preset, *prompts: str) -> None:
+    """Every lane's own limit on the prompt, checked before any lane starts."""
+    for prompt in prompts:
+        if prompt:
+            load_captioner(preset, "next_token").encode_prompt(prompt)
+            load_painter(preset).encode_prompt(prompt)
+
+
+def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, should_stop=None,
+                   line_updates: bool = False) -> Iterator[tuple[str, object]]:
+    """All four lanes on one prompt. The painter and the diffusion model take the same seed
+    (`render_options.seed`); the painter is greedy, so its seed matters only when it samples."""
+    prompt = check_prompt(prompt)
+    _check_lengths(preset, prompt)
+    next_token, masked = load_captioner(preset, "next_token"), load_captioner(preset, "masked_diffusion")
+    painter = load_painter(preset)
+    _, worlds = streaming_engines(preset)
+    yield from merge_streams({
+        "words_next_token": lambda stopped: next_token.stream(prompt, should_stop=stopped),
+        "words_masked_diffusion": lambda stopped: masked.stream(prompt, should_stop=stopped),
+        "worlds_next_token": lambda stopped: painter.stream(prompt, seed=render_options.seed, should_stop=stopped),
+        "worlds_denoising": lambda stopped: worlds.stream(prompt, render_options, should_stop=stopped,
+                                                          line_updates=line_updates, skip_stale=line_updates),
+    }, should_stop)
+
+
+def fill_blanks(preset: Preset, prompt: str, blanks: str, should_stop=None) -> Iterator[tuple[str, object]]:
+    """Both words lanes on a caption with blanks (`___`, one word each). `prompt` may be empty: then
+    the models fill the blanks with any scene that fits."""
+    if prompt:
+        prompt = check_prompt(prompt)
+        _check_lengths(preset, prompt)
+    next_token, masked = load_captioner(preset, "next_token"), load_captioner(preset, "masked_diffusion")
+    masked.parse_blanks(blanks)  # a malformed template is refused before either lane starts
+    yield from merge_streams({
+        "words_next_token": lambda stopped: next_token.stream(prompt, blanks=blanks, should_stop=stopped),
+        "words_masked_diffusion": lambda stopped: masked.stream(prompt, blanks=blanks, should_stop=stopped),
+    }, should_stop)
+
+
+def repaint(preset: Preset, prompt: str, new_prompt: str, region: str, render_options: RenderOptions,
+            should_stop=None) -> Iterator[tuple[str, object]]:
+    """Both worlds lanes: each first makes its picture of `prompt` (a `Before` item), then changes `region`
+    to follow `new_prompt`: denoising in place, next-token by writing again from the region's first token."""
+    prompt, new_prompt = check_prompt(prompt), check_prompt(new_prompt)
+    _check_lengths(preset, prompt, new_prompt)
+    diffusion = load_diffusion(preset).pipe
+    if type(diffusion).__name__ != "StableDiffusionPipeline":
+        raise InputError(f"repainting runs on Stable Diffusion 1.x/2.x pipelines; the preset {preset.name!r} "
+                         f"has a {type(diffusion).__name__}")
+    painter = load_painter(preset)
+    painter_region = parse_region(region, painter.vae.config.sample_size)
+    _, worlds = streaming_engines(preset)
+
+    def painted(stopped):
+        *_, original = painter.stream(prompt, seed=render_options.seed, should_stop=stopped)
+        yield Before(original.picture)
+        first = min(painter_region.cells(painter.image_tokenizer.grid, painter.vae.config.sample_size))
+        yield from painter.stream(new_prompt, seed=render_options.seed, prefix=original.codes[:first],
+                                  should_stop=stopped)
+
+    def denoised(stopped):
+        result = None
+        for item in worlds.stream(prompt, replace(render_options, previews=False), should_stop=stopped):
+            result = item
+        if not isinstance(result, RenderResult):
+            return
+        yield Before(result.image)
+        box = parse_region(region, result.image.width)
+        yield from repaint_stream(diffusion, result.image, new_prompt, box, render_options.steps,
+                                  render_options.guidance_scale, render_options.seed, should_stop=stopped)
+
+    yield from merge_streams({"worlds_next_token": painted, "worlds_denoising": denoised}, should_stop)

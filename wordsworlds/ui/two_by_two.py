@@ -1,0 +1,289 @@
+"""Tab 1's first section, the two-by-two: one prompt, four lanes, next-token and denoising on words and worlds.
+
+Three endpoints: `two_by_two` (all four lanes), `fill_blanks` (the words lanes on a caption with
+blanks), `repaint` (the worlds lanes change one region of their picture).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import two_by_two as library
+from ..engines import streaming_engines
+from ..errors import check_prompt
+from ..gpu import on_gpu
+from ..presets import Preset
+from ..serving import InLine
+from ..words.captions import BLANK, END, CaptionFrame
+from ..worlds.diffusion import MAX_STEPS, SCHEDULERS, RenderResult, StepFrame, validate_render_options
+from ..worlds.painter import PaintFrame
+from ..worlds.repaint import RepaintFrame
+from .common import Pace, format_seconds, user_errors
+
+EXAMPLE_BLANKS = "a ___ red ___ on the left"
+EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
+PLACES = ("left", "right", "top", "bottom", "center")
+MASKED = "▢"
+
+
+# ----------------------------------------------------------------------------- views of the frames
+
+
+def caption_chips(frame: CaptionFrame) -> list[tuple[str, float | None]]:
+    """One chip per caption position up to the caption's end: a committed word shaded by its probability,
+    a word given by the template unshaded, a masked position as an empty box."""
+    chips = []
+    for word, probability, fixed in zip(frame.words, frame.probabilities, frame.fixed or [False] * len(frame.words)):
+        if word == END:
+            break
+        if word is None:
+            if frame.process == "next_token":
+                break  # not written yet: a left-to-right model has nothing there
+            chips.append((MASKED, None))
+        else:
+            chips.append((word, None if fixed else round(probability, 3)))
+    return chips
+
+
+def describe_caption(frame: CaptionFrame, given: list[str | None] | None = None) -> str:
+    per_pass = "one word per pass, each final" if frame.process == "next_token" else \
+        "every position predicted at each pass, the surest committed"
+    line = (f"**{frame.step}** forward passes ({per_pass}) · **{format_seconds(frame.seconds)}**"
+            + (" · done" if frame.done else ""))
+    if given and frame.done:
+        kept = [w == g for w, g in zip(frame.words, given) if g is not None]
+        if frame.process == "next_token":
+            line += (f"\n\nKept **{sum(kept)} of {len(kept)}** given words: a left-to-right model gets only the words "
+                     "before the first blank and cannot look ahead to the rest.")
+        else:
+            line += f"\n\nFilled the blanks in place; the {len(kept)} given words stay as given."
+    return line
+
+
+def describe_paint(frame: PaintFrame, note: str = "") -> str:
+    return (f"token **{frame.step}** · **{frame.step}** forward passes (one image token each, row by row, "
+            f"each final) · **{format_seconds(frame.seconds)}**" + (" · done" if frame.done else "")
+            + (f"\n\n{note}" if note else ""))
+
+
+def describe_denoise(step: int, total: int, seconds: float, done: bool, note: str = "") -> str:
+    return (f"step **{step}/{total}** · every pixel refined at each step · **{format_seconds(seconds)}**"
+            + (" · done" if done else "") + (f"\n\n{note}" if note else ""))
+
+
+def given_words(blanks: str) -> list[str | None]:
+    return [None if BLANK.match(w) else w.lower() for w in blanks.split()]
+
+
+# ----------------------------------------------------------------------------- the section
+
+
+class TwoByTwo:
+    """The handlers (each an API endpoint of the same name) and the layout of the two-by-two."""
+
+    def __init__(self, preset: Preset):
+        self.preset = preset
+
+    @on_gpu(duration=120)
+    def two_by_two(self, prompt: str, steps: int = 20, guidance_scale: float = 5.0, seed: int = 0,
+                   scheduler: str = "dpm++"):
+        """One prompt, four lanes: words and worlds, each made by next-token prediction and by denoising.
+
+        Args:
+            prompt: the scene to caption and draw (1 to 2,000 characters; the caption models and the painter
+                read at most 46 and 38 words).
+            steps: denoising steps of the diffusion model (1 to 100).
+            guidance_scale: its classifier-free guidance (0 to 30).
+            seed: seed of the starting noise (0 to 2**32-1).
+            scheduler: its sampler: dpm++, ddim, euler, euler-ancestral, ddpm or lcm.
+
+        Returns:
+            Per lane its output and meter: next-token words, masked-diffusion words, next-token picture,
+            denoising picture.
+        """
+        with user_errors():
+            prompt = check_prompt(prompt)
+            options = validate_render_options(steps, guidance_scale, "", seed, scheduler)
+            view = {lane: None for lane in library.LANES} | {f"{lane}_meter": "" for lane in library.LANES}
+            pace = Pace(*streaming_engines(self.preset))
+
+            def outputs():
+                return tuple(view[key] for lane in library.LANES for key in (lane, f"{lane}_meter"))
+
+            for lane, item in library.run_two_by_two(self.preset, prompt, options, line_updates=True):
+                final = self._show(view, lane, item, options.steps)
+                if final or isinstance(item, InLine) or pace.due():
+                    yield outputs()
+            yield outputs()
+
+    def _show(self, view: dict, lane: str, item, total_steps: int, given=None) -> bool:
+        """Put one frame into the view; True when it is a lane's last."""
+        meter = f"{lane}_meter"
+        if isinstance(item, InLine):
+            view[meter] = item.message()
+        elif isinstance(item, CaptionFrame):
+            view[lane], view[meter] = caption_chips(item), describe_caption(item, given)
+            return item.done
+        elif isinstance(item, PaintFrame):
+            view[lane] = item.picture or view.get(lane)
+            view[meter] = describe_paint(item)
+            return item.done
+        elif isinstance(item, StepFrame):
+            view[lane] = item.x0 if item.x0 is not None else view.get(lane)
+            view[meter] = describe_denoise(item.step, item.total_steps, item.elapsed_s, False)
+        elif isinstance(item, RenderResult):
+            view[lane] = item.image
+            view[meter] = describe_denoise(item.stats.steps, total_steps, item.stats.total_s, True)
+            return True
+        elif isinstance(item, RepaintFrame):
+            view[lane] = item.picture
+            view[meter] = describe_denoise(item.step, item.total_steps, item.seconds, item.done,
+                                           "Repainted in place: outside the region nothing changes.")
+            return item.done
+        elif isinstance(item, library.Before):
+            view[f"{lane}_before"] = item.picture
+        return False
+
+    @on_gpu(duration=60)
+    def fill_blanks(self, prompt: str, blanks: str = EXAMPLE_BLANKS):
+        """Fill the blanks of a caption: masked diffusion fills them in place; next-token can only continue.
+
+        Args:
+            prompt: the request the caption should describe (may be empty: then any scene that fits).
+            blanks: a caption with ___ for each missing word, in the shapes world's words
+                (e.g. "a ___ red ___ on the left").
+
+        Returns:
+            The next-token attempt and its meter, the masked-diffusion attempt and its meter.
+        """
+        with user_errors():
+            prompt = prompt or ""
+            given = None
+            view = {}
+            for lane, item in library.fill_blanks(self.preset, prompt, blanks):
+                given = given or given_words(blanks)
+                final = self._show(view, lane, item, 0, given)
+                if final or len(view) % 2 == 0:
+                    yield (view.get("words_next_token"), view.get("words_next_token_meter", ""),
+                           view.get("words_masked_diffusion"), view.get("words_masked_diffusion_meter", ""))
+            yield (view.get("words_next_token"), view.get("words_next_token_meter", ""),
+                   view.get("words_masked_diffusion"), view.get("words_masked_diffusion_meter", ""))
+
+    @on_gpu(duration=120)
+    def repaint(self, prompt: str, new_prompt: str = EXAMPLE_NEW_PROMPT, region: str = "left", steps: int = 20,
+                guidance_scale: float = 5.0, seed: int = 0, scheduler: str = "dpm++"):
+        """Repaint one region of each worlds lane's picture: denoising changes it in place; next-token
+        can only write again from the region's first token onwards.
+
+        Args:
+            prompt: the first picture's prompt (both lanes draw it first, with this seed).
+            new_prompt: what the picture should show after the repaint.
+            region: a place (left, right, top, bottom, center) or "x,y,width,height" in pixels of the canvas.
+            steps, guidance_scale, seed, scheduler: the diffusion model's sampling, as in two_by_two.
+
+        Returns:
+            Per worlds lane: the picture before, the picture after, and the meter.
+        """
+        with user_errors():
+            options = validate_render_options(steps, guidance_scale, "", seed, scheduler)
+            view = {}
+            lanes = ("worlds_next_token", "worlds_denoising")
+
+            def outputs():
+                return tuple(view.get(key) or ("" if key.endswith("meter") else None)
+                             for lane in lanes for key in (f"{lane}_before", lane, f"{lane}_meter"))
+
+            for lane, item in library.repaint(self.preset, prompt, new_prompt, region, options):
+                if isinstance(item, library.Before):
+                    self._show(view, lane, item, options.steps)
+                    view[f"{lane}_meter"] = "the first picture is done; repainting…"
+                    yield outputs()
+                    continue
+                self._show(view, lane, item, options.steps)
+                if lane == "worlds_next_token" and isinstance(item, PaintFrame):
+                    view[f"{lane}_meter"] = describe_paint(
+                        item, "Kept the tokens before the region; everything after them is written again.")
+                yield outputs()
+            yield outputs()
+
+    def build(self) -> None:
+        recipe = self.preset.recipe
+        gr.Markdown(
+            "One prompt, **four lanes**: words and pictures, each made by **next-token prediction** (left to right, "
+            "each piece final once written) and by **denoising** (everything at once, refined at every step). "
+            "<span class='ww-more'>The two words models are one small BERT trained on the same data with the same "
+            "tokenizer: only the attention (causal or full) and the objective differ. The two picture models share "
+            "one decoder (the miniature VAE).</span>",
+            elem_classes="ww-intro",
+        )
+        with gr.Row(equal_height=False):
+            prompt = gr.Textbox(label="Prompt", value="a large red circle on the left and a small blue square on the right",
+                                lines=2, max_lines=4, scale=4, min_width=240, elem_id="ww-four-prompt")
+            with gr.Column(scale=1, min_width=160):
+                run = gr.Button("Run all four", variant="primary", elem_id="ww-run-four")
+                stop = gr.Button("Stop", variant="stop", size="sm")
+        with gr.Row(equal_height=False, elem_classes="ww-lanes"):
+            with gr.Column(min_width=150):
+                gr.Markdown("**Next-token** <span class='ww-more'>· left to right, for good</span>",
+                            elem_classes="ww-caption")
+                words_nt = gr.HighlightedText(label="Words, next-token", show_legend=False, combine_adjacent=False,
+                                              elem_id="ww-lane-words-next-token")
+                words_nt_meter = gr.Markdown(elem_classes="ww-meter")
+            with gr.Column(min_width=150):
+                gr.Markdown("**Denoising** <span class='ww-more'>· everything, refined at every step</span>",
+                            elem_classes="ww-caption")
+                words_md = gr.HighlightedText(label="Words, masked diffusion", show_legend=False,
+                                              combine_adjacent=False, elem_id="ww-lane-words-masked-diffusion")
+                words_md_meter = gr.Markdown(elem_classes="ww-meter")
+        with gr.Row(equal_height=False, elem_classes="ww-lanes ww-images"):
+            with gr.Column(min_width=120):
+                worlds_nt = gr.Image(label="Picture, next-token (image tokens)", type="pil", height=180, buttons=[],
+                                     elem_classes="ww-pixels", elem_id="ww-lane-worlds-next-token")
+                worlds_nt_meter = gr.Markdown(elem_classes="ww-meter")
+            with gr.Column(min_width=120):
+                worlds_dn = gr.Image(label="Picture, denoising (guess of the clean image)", type="pil", height=180,
+                                     buttons=[], elem_classes="ww-pixels", elem_id="ww-lane-worlds-denoising")
+                worlds_dn_meter = gr.Markdown(elem_classes="ww-meter")
+        with gr.Accordion("What only one process can do", open=False, elem_id="ww-only-one"):
+            gr.Markdown("**Fill in the blanks** (words): each `___` is one word. Masked diffusion fills them where "
+                        "they are; a left-to-right model can only continue from the words before the first blank.")
+            with gr.Row(equal_height=False):
+                blanks = gr.Textbox(label="Caption with blanks", value=EXAMPLE_BLANKS, scale=4, min_width=200)
+                fill = gr.Button("Fill the blanks", scale=1, min_width=120)
+            gr.Markdown("**Repaint a region** (worlds): both lanes first draw the prompt above, then change one "
+                        "region to follow the new prompt. Denoising repaints it in place; a next-token painter can "
+                        "only keep the tokens before the region and write everything after them again.")
+            with gr.Row(equal_height=False):
+                new_prompt = gr.Textbox(label="New prompt", value=EXAMPLE_NEW_PROMPT, scale=3, min_width=200)
+                region = gr.Dropdown(list(PLACES), value="left", label="Region", allow_custom_value=True, scale=1,
+                                     min_width=100, info='a place, or "x,y,width,height" in pixels')
+                repaint = gr.Button("Repaint", scale=1, min_width=100)
+            with gr.Row(equal_height=False, elem_classes="ww-images"):
+                nt_before = gr.Image(label="Next-token: before", type="pil", height=120, buttons=[],
+                                     elem_classes="ww-pixels")
+                nt_after = gr.Image(label="after", type="pil", height=120, buttons=[], elem_classes="ww-pixels")
+                dn_before = gr.Image(label="Denoising: before", type="pil", height=120, buttons=[],
+                                     elem_classes="ww-pixels")
+                dn_after = gr.Image(label="after", type="pil", height=120, buttons=[], elem_classes="ww-pixels")
+            with gr.Row(equal_height=False):
+                nt_repaint_meter = gr.Markdown(elem_classes="ww-meter")
+                dn_repaint_meter = gr.Markdown(elem_classes="ww-meter")
+        with gr.Accordion("Sampling (denoising picture)", open=False):
+            steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+            guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5, label="Guidance scale")
+            scheduler = gr.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+
+        limit = None if self.preset.batched else 2
+        events = [
+            run.click(self.two_by_two, [prompt, steps, guidance_scale, seed, scheduler],
+                      [words_nt, words_nt_meter, words_md, words_md_meter, worlds_nt, worlds_nt_meter, worlds_dn,
+                       worlds_dn_meter], concurrency_limit=limit),
+            fill.click(self.fill_blanks, [prompt, blanks], [words_nt, words_nt_meter, words_md, words_md_meter],
+                       concurrency_limit=limit),
+            # One repaint at a time per pair of cores: it runs the inpainting pipeline outside the batch.
+            repaint.click(self.repaint, [prompt, new_prompt, region, steps, guidance_scale, seed, scheduler],
+                          [nt_before, nt_after, nt_repaint_meter, dn_before, dn_after, dn_repaint_meter],
+                          concurrency_limit=1),
+        ]
+        stop.click(None, cancels=events)
