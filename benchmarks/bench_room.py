@@ -61,6 +61,8 @@ def arguments(endpoint: str, index: int) -> tuple:
         return prompt, 32, 0, 0, 1, seed
     if endpoint == "/render_image":
         return prompt, 20, 5.0, "", seed, "dpm++"
+    if endpoint == "/two_by_two":
+        return prompt, 20, 5.0, seed, "dpm++"
     return prompt, 32, 0, 0, 1, 20, 5.0, "", seed, "dpm++"
 
 
@@ -71,6 +73,8 @@ def shows_the_run(endpoint: str, output) -> bool:
         return bool(output[0]) and isinstance(output[0], list)
     if endpoint == "/render_image":
         return bool(output[0])
+    if endpoint == "/two_by_two":  # any lane's words or picture
+        return any(bool(output[i]) for i in (0, 2, 4, 6))
     return (isinstance(output[0], list) and bool(output[0])) or bool(output[3])  # tokens, or x_t
 
 
@@ -152,8 +156,16 @@ def raw_client(url: str, endpoint: str, index: int, rows: list, together: thread
         rows.append((kind, None, None, time.perf_counter() - started, text[:100], index, None))
 
 
+def picture_hash(payload) -> str:
+    return hashlib.sha256(np.asarray(Image.open(io.BytesIO(httpx.get(payload["url"]).content))
+                                     .convert("RGB")).tobytes()).hexdigest()
+
+
 def fingerprint(endpoint: str, result) -> tuple:
     """What a run produced, to compare the batched modes with alone: the text, and the final picture's pixels."""
+    if endpoint == "/two_by_two":  # both captions, both pictures
+        texts = " | ".join(" ".join(chunk["token"] for chunk in result[i] or []) for i in (0, 2))
+        return texts, " | ".join(picture_hash(result[i]) for i in (4, 6))
     text = picture = ""
     if endpoint in ("/generate_text", "/compare"):
         text = "".join(chunk["token"] for chunk in result[0])

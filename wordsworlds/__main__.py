@@ -2,11 +2,14 @@
 
     python -m wordsworlds text "Once upon a time" --max-new-tokens 20 --json
     python -m wordsworlds render "a large red circle on the left" --steps 20 --out red.png
+    python -m wordsworlds two-by-two "a large red circle on the left" --out four/
+    python -m wordsworlds fill-blanks "a ___ red ___ on the left" [--prompt "..."]
+    python -m wordsworlds repaint "a red circle on the left" "a yellow triangle on the left" --region left
     python -m wordsworlds embed dog puppy banana car --space minilm --space clip_text
     python -m wordsworlds hybrid "a sunset over the sea" --rounds 3
     python -m wordsworlds doctor --preset sd15      # what each role runs on; exit 2 if a model is missing
     python -m wordsworlds evaluate [--hybrid]
-    python -m wordsworlds train [--toy] [--out DIR]
+    python -m wordsworlds train [--model diffusion|captions|painter] [--toy] [--out DIR]
 
 The preset is read here once (--preset, else $WORDSWORLDS_PRESET and the other WORDSWORLDS_*
 settings, presets.from_environment) and passed down. Bad input and a model that cannot be
@@ -29,12 +32,20 @@ from .explore.spaces import SPACES
 from .hybrid.evaluate import evaluate_hybrid, format_hybrid_report
 from .hybrid.loop import run_hybrid, validate_hybrid_options
 from .hybrid.planner import validate_idea
-from .models import load_describer, load_diffusion, load_llm, load_sentence_encoder
+from .models import load_captioner, load_describer, load_diffusion, load_llm, load_painter, load_sentence_encoder
 from .presets import PRESETS, Preset, from_environment
 from .words.next_token import TextGenerator, TextResult, validate_options
 from .world import evaluate as world_evaluate
+from .two_by_two import Before, fill_blanks, repaint, run_two_by_two
+from .words.captions import CaptionFrame
 from .world.train import WEIGHTS_DIR, TrainConfig, train
-from .worlds.diffusion import SCHEDULERS, ImageGenerator, StepFrame, pipeline_with_scheduler, validate_render_options
+from .world.train_captions import CAPTIONS_DIR, CaptionTrainConfig, train_captions
+from .world.train_painter import PAINTER_DIR, PainterTrainConfig, train_painter
+from .worlds.diffusion import (
+    SCHEDULERS, ImageGenerator, RenderResult, StepFrame, pipeline_with_scheduler, validate_render_options,
+)
+from .worlds.painter import PaintFrame
+from .worlds.repaint import RepaintFrame
 
 
 def cmd_text(args, preset: Preset) -> int:
@@ -81,6 +92,87 @@ def cmd_render(args, preset: Preset) -> int:
             stats = item.stats
             print(f"{args.out}: {stats.steps} steps, {stats.unet_evaluations} U-Net evaluations, "
                   f"{stats.mean_step_s * 1000:.1f} ms/step, {stats.total_s:.2f} s")
+    return 0
+
+
+def in_this_process(preset: Preset) -> Preset:
+    """The CLI runs one request: its engines run here, with no engine process to start (engines.py)."""
+    return replace(preset, accel=replace(preset.accel, engine_process=False))
+
+
+def render_options_from(args, preset: Preset):
+    recipe = preset.recipe
+    return validate_render_options(recipe.steps if args.steps is None else args.steps,
+                                   recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale,
+                                   "", args.seed, args.scheduler or recipe.scheduler, previews=False)
+
+
+def lane_summary(frame) -> dict:
+    """A lane's last frame as JSON-ready facts."""
+    if isinstance(frame, CaptionFrame):
+        return {"caption": frame.caption, "forward_passes": frame.step, "seconds": round(frame.seconds, 4),
+                "probabilities": [None if p is None else round(p, 4) for p in frame.probabilities]}
+    if isinstance(frame, PaintFrame):
+        return {"forward_passes": frame.step, "seconds": round(frame.seconds, 4)}
+    if isinstance(frame, RenderResult):
+        return {"forward_passes": frame.stats.unet_evaluations, "steps": frame.stats.steps,
+                "seconds": round(frame.stats.total_s, 4)}
+    if isinstance(frame, RepaintFrame):
+        return {"steps": frame.step, "seconds": round(frame.seconds, 4)}
+    return {}
+
+
+def picture_of(frame):
+    return getattr(frame, "picture", None) or getattr(frame, "image", None)
+
+
+def print_lanes(last: dict, out: str | None, as_json: bool) -> None:
+    report = {}
+    for lane, frame in last.items():
+        report[lane] = lane_summary(frame)
+        picture = picture_of(frame)
+        if picture is not None and out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            picture.save(Path(out) / f"{lane}.png")
+            report[lane]["out"] = str(Path(out) / f"{lane}.png")
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    for lane, facts in report.items():
+        print(f"{lane}: " + ", ".join(f"{k} {v}" for k, v in facts.items() if k != "probabilities"))
+
+
+def cmd_two_by_two(args, preset: Preset) -> int:
+    prompt = check_prompt(args.prompt)
+    options = render_options_from(args, preset)
+    last = {}
+    for lane, frame in run_two_by_two(in_this_process(preset), prompt, options):
+        last[lane] = frame
+    print_lanes(last, args.out, args.json)
+    return 0
+
+
+def cmd_fill_blanks(args, preset: Preset) -> int:
+    last = {}
+    for lane, frame in fill_blanks(preset, args.prompt, args.blanks):
+        last[lane] = frame
+    print_lanes(last, None, args.json)
+    return 0
+
+
+def cmd_repaint(args, preset: Preset) -> int:
+    options = render_options_from(args, preset)
+    last, before = {}, {}
+    for lane, frame in repaint(in_this_process(preset), args.prompt, args.new_prompt, args.region, options):
+        if isinstance(frame, Before):
+            before[f"{lane}_before"] = frame
+        else:
+            last[lane] = frame
+    if args.out:
+        for name, frame in before.items():
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            frame.picture.save(Path(args.out) / f"{name}.png")
+    print_lanes(last, args.out, args.json)
     return 0
 
 
@@ -146,7 +238,10 @@ def cmd_doctor(args, preset: Preset) -> int:
     print(f"options: {preset.accel}")
     missing = 0
     for role, loader in (("LLM", load_llm), ("diffusion", load_diffusion), ("meaning encoder", load_sentence_encoder),
-                         ("describer", load_describer)):
+                         ("describer", load_describer),
+                         ("next-token captioner", lambda p: load_captioner(p, "next_token")),
+                         ("masked-diffusion captioner", lambda p: load_captioner(p, "masked_diffusion")),
+                         ("painter", load_painter)):
         try:
             print(loader(preset).report.line())
         except ModelUnavailable as error:
@@ -179,11 +274,25 @@ def cmd_evaluate(args, preset: Preset) -> int:
 
 def cmd_train(args, preset: Preset) -> int:
     # Training builds new models from the world's own data; of the preset it reads nothing.
+    if args.model == "captions":
+        config = CaptionTrainConfig.toy() if args.toy else CaptionTrainConfig()
+        config.seed = config.seed if args.seed is None else args.seed
+        summary = train_captions(config, out=Path(args.out) if args.out else CAPTIONS_DIR,
+                                 run_dir=Path(args.run_dir or "runs/captions"))
+        print(json.dumps({k: v for k, v in summary.items() if k != "train_config"}, indent=2))
+        return 0
+    if args.model == "painter":
+        config = PainterTrainConfig.toy() if args.toy else PainterTrainConfig()
+        config.seed = config.seed if args.seed is None else args.seed
+        summary = train_painter(config, out=Path(args.out) if args.out else PAINTER_DIR,
+                                run_dir=Path(args.run_dir or "runs/painter"))
+        print(json.dumps({k: v for k, v in summary.items() if k != "train_config"}, indent=2))
+        return 0
     config = TrainConfig.toy() if args.toy else TrainConfig()
     if args.seed is not None:
         config.seed = args.seed
     out = Path(args.out) if args.out else WEIGHTS_DIR
-    summary = train(config, out=out, run_dir=Path(args.run_dir))
+    summary = train(config, out=out, run_dir=Path(args.run_dir or "runs/shapes"))
     print(json.dumps({k: summary[k] for k in ("stage_seconds", "this_invocation_s", "recognizer_exact_scene_accuracy")},
                      indent=2))
     print(world_evaluate.format_report(summary["evaluation"]))
@@ -247,6 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
+    p = command("two-by-two", cmd_two_by_two, "one prompt, four lanes: words and worlds, next-token and denoising")
+    p.add_argument("prompt")
+    p.add_argument("--steps", type=int, help="the diffusion model's steps (default: the preset's recipe)")
+    p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the preset's recipe")
+    p.add_argument("--out", help="folder for the two pictures")
+    p.add_argument("--json", action="store_true")
+
+    p = command("fill-blanks", cmd_fill_blanks, "fill the blanks (___) of a caption with both words processes")
+    p.add_argument("blanks", help='e.g. "a ___ red ___ on the left"')
+    p.add_argument("--prompt", default="", help="the request the caption should describe (default: none)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("repaint", cmd_repaint, "repaint one region of a picture with both worlds processes")
+    p.add_argument("prompt", help="the first picture")
+    p.add_argument("new_prompt", help="what the picture should show after")
+    p.add_argument("--region", default="left", help='a place (left, right, top, bottom, center) or "x,y,width,height"')
+    p.add_argument("--steps", type=int, help="default: the preset's recipe")
+    p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the preset's recipe")
+    p.add_argument("--out", help="folder for the pictures before and after")
+    p.add_argument("--json", action="store_true")
+
     command("doctor", cmd_doctor, "load the preset and print what each role runs on (device, dtype, speed-ups)")
 
     p = command("evaluate", cmd_evaluate, "GenEval-style pass rates of the miniature model")
@@ -257,11 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("train", help="train the miniature Stable Diffusion and the recognizer")
+    p = sub.add_parser("train", help="train the shapes world's models: the miniature Stable Diffusion and the "
+                                     "recognizer, the two caption writers, or the next-token painter")
     p.set_defaults(func=cmd_train)
+    p.add_argument("--model", choices=("diffusion", "captions", "painter"), default="diffusion")
     p.add_argument("--toy", action="store_true", help="a few steps at toy width (smoke test)")
-    p.add_argument("--out", help="diffusers folder to write (default: the shipped weights folder)")
-    p.add_argument("--run-dir", default="runs/shapes", help="checkpoints and loss log; rerun to resume")
+    p.add_argument("--out", help="folder to write (default: the shipped one)")
+    p.add_argument("--run-dir", help="checkpoints and loss log; rerun to resume (default: runs/<model>)")
     p.add_argument("--seed", type=int)
     return parser
 

@@ -30,6 +30,7 @@ from .engines import streaming_engines
 from .errors import InputError, check_prompt
 from .models import load_captioner, load_diffusion, load_painter
 from .presets import Preset
+from .world.draw import IMAGE_SIZE
 from .worlds.diffusion import RenderOptions, RenderResult
 from .worlds.repaint import parse_region, repaint_stream
 
@@ -88,6 +89,7 @@ def repaint(preset: Preset, prompt: str, new_prompt: str, region: str, render_op
     """Both worlds lanes: each first makes its picture of `prompt` (a `Before` item), then changes `region`
     to follow `new_prompt`: denoising in place, next-token by writing again from the region's first token."""
     prompt, new_prompt = check_prompt(prompt), check_prompt(new_prompt)
+    parse_region(region, IMAGE_SIZE)  # the painter's canvas; refused here, before any model loads
     _check_lengths(preset, prompt, new_prompt)
     diffusion = load_diffusion(preset).pipe
     if type(diffusion).__name__ != "StableDiffusionPipeline":

@@ -37,12 +37,11 @@ import torch
 from diffusers import BlockRefinementScheduler
 
 from ..errors import InputError, check_number, check_prompt
+from ..world.train_captions import (
+    CAPTIONS_DIR, LAYOUT_FILE, PROCESSES, UNMASK_STEPS, UNMASK_THRESHOLD, encode_requests,
+)
 
-CAPTIONS_DIR = Path(__file__).resolve().parent.parent / "world" / "captions"
-LAYOUT_FILE = "caption_layout.json"
-PROCESSES = ("next_token", "masked_diffusion")
 BLANK = re.compile(r"^_{2,}$")  # "___" (two or more underscores) is one word to fill
-DEFAULT_STEPS = 12  # masked diffusion: 24 caption positions, two committed per pass
 
 
 @dataclass
@@ -93,16 +92,7 @@ class Captioner:
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """`[PAD]... [BOS] prompt [SEP]`, as in training; a prompt too long for the layout is refused."""
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        room = self.prompt_length - 2
-        if len(ids) > room:
-            raise InputError(f"the caption models read at most {room} words; the prompt has {len(ids)}")
-        words = [self.tokenizer.bos_token_id, *ids, self.tokenizer.sep_token_id]
-        row = torch.full((1, self.prompt_length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(row)
-        row[0, -len(words):] = torch.tensor(words)
-        mask[0, -len(words):] = 1
-        return row, mask
+        return encode_requests(self.tokenizer, [prompt], self.prompt_length, "the caption models")
 
     def parse_blanks(self, blanks: str) -> list[int | None]:
         """The template's word ids, None for each blank; a clear message for anything malformed."""
@@ -127,23 +117,26 @@ class Captioner:
 
     # ------------------------------------------------------------ the two processes
 
-    def stream(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = DEFAULT_STEPS,
+    def stream(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
+               threshold: float = UNMASK_THRESHOLD,
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[CaptionFrame]:
         """Yield a frame after every forward pass; the last has `done=True`. An empty prompt asks
         for any caption (both models were trained with 10% empty requests)."""
         if prompt:
             prompt = check_prompt(prompt)
         steps = check_number("num_inference_steps", num_inference_steps, int, 1, self.gen_length)
+        threshold = check_number("threshold", threshold, float, 0, 1)
         template = self.parse_blanks(blanks) if blanks is not None else None
         ids, mask = self.encode_prompt(prompt)
         if self.process == "next_token":
             yield from self._next_token(ids, mask, template, should_stop)
         else:
-            yield from self._masked_diffusion(ids, mask, template, steps, should_stop)
+            yield from self._masked_diffusion(ids, mask, template, steps, threshold, should_stop)
 
-    def write(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = DEFAULT_STEPS) -> CaptionFrame:
+    def write(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
+              threshold: float = UNMASK_THRESHOLD) -> CaptionFrame:
         frame = None
-        for frame in self.stream(prompt, blanks, num_inference_steps):
+        for frame in self.stream(prompt, blanks, num_inference_steps, threshold):
             pass
         return frame
 
@@ -184,7 +177,7 @@ class Captioner:
             positions = positions[:, -1:] + 1
 
     @torch.no_grad()
-    def _masked_diffusion(self, ids, mask, template, steps, should_stop) -> Iterator[CaptionFrame]:
+    def _masked_diffusion(self, ids, mask, template, steps, threshold, should_stop) -> Iterator[CaptionFrame]:
         """All positions masked (or fixed by the template); each pass commits the most confident.
         The loop is LLaDA2Pipeline's for one block, run here to stream each pass and to start
         from a template; test_captions checks it writes what the pipeline writes."""
@@ -210,7 +203,7 @@ class Captioner:
             logits = self.model(x, attention_mask=attention, position_ids=positions).logits
             block = x[:, self.prompt_length:]
             out = scheduler.step(model_output=logits[:, self.prompt_length:], timestep=step, sample=block,
-                                 mask_token_id=tok.mask_token_id, sampling_method="greedy", threshold=1.0,
+                                 mask_token_id=tok.mask_token_id, sampling_method="greedy", threshold=threshold,
                                  editing_threshold=None, prompt_mask=torch.tensor(fixed))
             x[:, self.prompt_length:] = out.prev_sample
             step += 1

@@ -32,12 +32,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .components import CaptionerConfig, build_captioner, build_word_tokenizer
 from .scene import FUNCTION_WORDS, WORLD_WORDS, caption, parse_caption, random_scene
 from .train import Stage, run_loop
 
 CAPTIONS_DIR = Path(__file__).parent / "captions"
 LAYOUT_FILE = "caption_layout.json"  # the sequence layout both models were trained on
+# Masked diffusion's default: the 24 caption positions unmasked two per pass, the surest first
+# (a threshold of 1 commits by the schedule alone; lower, it commits every position surer than it).
+UNMASK_STEPS = 12
+UNMASK_THRESHOLD = 1.0
 PROCESSES = ("next_token", "masked_diffusion")
 # Ways a person might ask; the caption models must look through them to the scene.
 REQUEST_OPENINGS = ("", "", "", "draw ", "show me ", "please draw ", "a picture of ", "an image of ", "make ",
@@ -85,14 +90,15 @@ def caption_gen_length(seed: int) -> int:
     return longest + 1
 
 
-def encode_requests(tokenizer, requests: list[str], prompt_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[PAD]... [BOS] request [SEP]`, left-padded to `prompt_length`; raises ValueError if too long."""
+def encode_requests(tokenizer, requests: list[str], prompt_length: int,
+                    reader: str = "the caption models") -> tuple[torch.Tensor, torch.Tensor]:
+    """`[PAD]... [BOS] request [SEP]`, left-padded to `prompt_length`; InputError if a request is too long."""
     ids = torch.full((len(requests), prompt_length), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, request in enumerate(requests):
         words = [tokenizer.bos_token_id] + tokenizer(request, add_special_tokens=False).input_ids + [tokenizer.sep_token_id]
         if len(words) > prompt_length:
-            raise ValueError(f"the request has {len(words) - 2} words; the caption models read at most {prompt_length - 2}")
+            raise InputError(f"{reader} read at most {prompt_length - 2} words; the prompt has {len(words) - 2}")
         ids[row, prompt_length - len(words):] = torch.tensor(words)
         mask[row, prompt_length - len(words):] = 1
     return ids, mask
@@ -164,7 +170,7 @@ def train_captioner(process: str, config: CaptionTrainConfig, tokenizer, gen_len
 
 @torch.no_grad()
 def write_captions(process: str, model, tokenizer, requests: list[str], prompt_length: int, gen_length: int,
-                   steps: int | None = None) -> tuple[list[str], int]:
+                   steps: int = UNMASK_STEPS, threshold: float = UNMASK_THRESHOLD) -> tuple[list[str], int]:
     """Greedy captions through the libraries' own generation: `generate` for next-token,
     `LLaDA2Pipeline` for masked diffusion. Returns the captions and the forward passes run."""
     ids, mask = encode_requests(tokenizer, requests, prompt_length)
@@ -181,7 +187,7 @@ def write_captions(process: str, model, tokenizer, requests: list[str], prompt_l
     pipe = LLaDA2Pipeline(model=model, scheduler=BlockRefinementScheduler(block_length=gen_length), tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(input_ids=ids, attention_mask=mask, gen_length=gen_length, block_length=gen_length,
-               num_inference_steps=steps or gen_length, sampling_method="greedy", threshold=0.95,
+               num_inference_steps=steps, sampling_method="greedy", threshold=threshold,
                editing_threshold=None, callback_on_step_end=lambda p, i, t, kw: passes.append(i) or {})
     return out.texts, len(passes)
 

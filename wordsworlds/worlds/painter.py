@@ -28,9 +28,9 @@ from PIL import Image
 from ..errors import InputError, check_number, check_prompt, check_seed
 from ..world.draw import BACKGROUND, IMAGE_SIZE
 from ..world.image_tokens import ImageTokenizer
+from ..world.train_captions import encode_requests
+from ..world.train_painter import LAYOUT_FILE, PAINTER_DIR
 
-PAINTER_DIR = Path(__file__).resolve().parent.parent / "world" / "painter"
-LAYOUT_FILE = "painter_layout.json"
 UNWRITTEN_SHADE = 0.55  # how far not-yet-written cells fade to grey on the canvas
 
 
@@ -87,16 +87,7 @@ class Painter:
         return Image.fromarray(array.round().astype(np.uint8))
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        room = self.prompt_length - 2
-        if len(ids) > room:
-            raise InputError(f"the painter reads at most {room} words; the prompt has {len(ids)}")
-        words = [self.tokenizer.bos_token_id, *ids, self.tokenizer.sep_token_id]
-        row = torch.full((1, self.prompt_length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(row)
-        row[0, -len(words):] = torch.tensor(words)
-        mask[0, -len(words):] = 1
-        return row, mask
+        return encode_requests(self.tokenizer, [prompt], self.prompt_length, "the painter")
 
     @torch.no_grad()
     def stream(self, prompt: str, seed: int = 0, temperature: float = 0.0, prefix: list[int] | None = None,

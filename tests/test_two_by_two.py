@@ -1,0 +1,180 @@
+"""The two-by-two: the caption writers, the painter, fill-in-the-blanks and repaint, on the shipped models."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from wordsworlds.errors import InputError
+from wordsworlds.models import load_captioner, load_diffusion, load_painter
+from wordsworlds.two_by_two import Before, fill_blanks, repaint, run_two_by_two
+from wordsworlds.world.scene import parse_caption
+from wordsworlds.world.train_captions import write_captions
+from wordsworlds.world.train_painter import paint
+from wordsworlds.worlds.diffusion import validate_render_options
+from wordsworlds.worlds.repaint import parse_region
+
+from .conftest import TINY, run_cli
+
+
+def in_this_process(preset):
+    """The engines in this process (the tests' own), not in an engine process."""
+    return replace(preset, accel=replace(preset.accel, engine_process=False))
+
+REQUESTS = ["a large red circle on the left and a small blue square on the right",
+            "draw a big yellow triangle at the top",
+            "show me a tiny green box below, a big purple disc in the middle"]
+
+
+@pytest.fixture(scope="module")
+def writers():
+    return {p: load_captioner(TINY, p) for p in ("next_token", "masked_diffusion")}
+
+
+@pytest.fixture(scope="module")
+def painter():
+    return load_painter(TINY)
+
+
+def test_the_two_caption_writers_are_the_same_size_and_tokenizer(writers):
+    counts = {p: sum(x.numel() for x in w.model.parameters()) for p, w in writers.items()}
+    assert counts["next_token"] == counts["masked_diffusion"]
+    assert writers["next_token"].tokenizer.get_vocab() == writers["masked_diffusion"].tokenizer.get_vocab()
+    assert writers["next_token"].model.config.is_decoder and not writers["masked_diffusion"].model.config.is_decoder
+
+
+@pytest.mark.parametrize("process", ["next_token", "masked_diffusion"])
+def test_the_streaming_writer_writes_what_the_libraries_own_generation_writes(writers, process):
+    """Next-token against transformers' generate; masked diffusion against diffusers' LLaDA2Pipeline."""
+    writer = writers[process]
+    expected, _ = write_captions(process, writer.model, writer.tokenizer, REQUESTS, writer.prompt_length,
+                                 writer.gen_length, steps=12)
+    ours = [writer.write(r).caption for r in REQUESTS]
+    assert ours == [e.strip() for e in expected]
+
+
+@pytest.mark.parametrize("process", ["next_token", "masked_diffusion"])
+def test_both_writers_caption_the_scene_asked_for(writers, process):
+    for request in REQUESTS:
+        frame = writers[process].write(request)
+        assert frame.done
+        assert parse_caption(frame.caption) == parse_caption(request.removeprefix("draw ").removeprefix("show me ")), \
+            (process, request, frame.caption)
+
+
+def test_next_token_commits_one_word_per_pass_and_masked_diffusion_several(writers):
+    frames = list(writers["next_token"].stream(REQUESTS[0]))
+    assert all(len(f.committed) == 1 for f in frames) and frames[-1].step == len(frames)
+    # Written words never change afterwards.
+    for earlier, later in zip(frames, frames[1:]):
+        assert all(w is None or w == v for w, v in zip(earlier.words, later.words))
+    frames = list(writers["masked_diffusion"].stream(REQUESTS[0], num_inference_steps=6))
+    assert len(frames) == 6 and all(len(f.committed) == 4 for f in frames)  # 24 positions over 6 passes
+    assert frames[0].words.count(None) == 20 and frames[-1].words.count(None) == 0
+
+
+def test_masked_diffusion_fills_blanks_in_place_and_next_token_only_continues(writers):
+    blanks = "a ___ red ___ on the left"
+    filled = writers["masked_diffusion"].write("", blanks=blanks)
+    words = filled.caption.split()
+    assert len(words) == 7 and [words[i] for i in (0, 2, 4, 5, 6)] == ["a", "red", "on", "the", "left"]
+    assert parse_caption(filled.caption) is not None and filled.step <= 2
+    continued = writers["next_token"].write("", blanks=blanks)
+    assert continued.words[0] == "a" and continued.fixed[0] and not continued.fixed[1]
+
+
+@pytest.mark.parametrize("blanks, message", [
+    ("", "blanks is empty"),
+    ("a red circle on the left", "no blank to fill"),
+    ("a _x_ red", "is not a blank"),
+    ("a ___ red ___ on the moon", "do not know 'moon'"),
+    ("___ " * 40, "a caption holds at most"),
+])
+def test_malformed_blanks_are_refused_before_any_model_work(writers, blanks, message):
+    with pytest.raises(InputError, match=message):
+        next(writers["masked_diffusion"].stream("", blanks=blanks))
+
+
+def test_a_prompt_too_long_for_the_caption_models_is_refused(writers):
+    with pytest.raises(InputError, match="read at most"):
+        next(writers["next_token"].stream("red " * 60))
+
+
+def test_the_painter_streams_what_generate_paints(painter):
+    prompt = "a large red circle on the left and a small blue square on the right"
+    frames = list(painter.stream(prompt))
+    assert len(frames) == painter.length and frames[-1].done
+    assert sum(f.picture is not None for f in frames) == painter.image_tokenizer.grid  # one canvas per row
+    ids_picture = paint(painter.model, painter.tokenizer, painter.image_tokenizer, painter.vae, [prompt],
+                        painter.prompt_length, painter.code_offset)[0]
+    assert np.abs(np.asarray(ids_picture, dtype=int) - np.asarray(frames[-1].picture, dtype=int)).max() <= 1
+    continued = list(painter.stream("a large yellow triangle on the left", prefix=frames[-1].codes[:16]))
+    assert len(continued) == painter.length - 16 and continued[-1].codes[:16] == frames[-1].codes[:16]
+
+
+def test_repaint_changes_the_region_in_place_for_denoising_only(tiny):
+    options = validate_render_options(steps=8, guidance_scale=5.0, seed=0)
+    items = list(repaint(in_this_process(tiny), "a large red circle on the left and a small blue square on the right",
+        "a large yellow triangle on the left and a small blue square on the right", "left", options))
+    before = {lane: item.picture for lane, item in items if isinstance(item, Before)}
+    after = {lane: item for lane, item in items if not isinstance(item, Before)}
+    assert set(before) == {"worlds_next_token", "worlds_denoising"}
+    region = parse_region("left", 64)
+    outside = np.asarray(region.mask(64)) == 0
+    old, new = np.asarray(before["worlds_denoising"]), np.asarray(after["worlds_denoising"].picture)
+    assert (old[outside] == new[outside]).all()  # not one pixel outside the region changes
+    assert np.abs(old[~outside].astype(int) - new[~outside]).mean() > 10  # inside, a new object
+
+
+@pytest.mark.parametrize("region, message", [
+    ("nowhere", "neither a place"), ("60,60,10,10", "outside the 64x64 canvas"), ("0,0,0,4", "above 0"),
+    ("0,0,64,64", "whole canvas"), ("", "region must be"),
+])
+def test_a_bad_region_is_refused(region, message):
+    with pytest.raises(InputError, match=message):
+        parse_region(region, 64)
+
+
+def test_all_four_lanes_stream_and_finish(tiny):
+    options = validate_render_options(steps=6, guidance_scale=5.0, seed=0)
+    seen = {}
+    for lane, item in run_two_by_two(in_this_process(tiny), REQUESTS[0], options):
+        seen.setdefault(lane, []).append(item)
+    assert set(seen) == {"words_next_token", "words_masked_diffusion", "worlds_next_token", "worlds_denoising"}
+    assert seen["words_next_token"][-1].done and seen["words_masked_diffusion"][-1].done
+    assert seen["worlds_next_token"][-1].done
+    assert type(seen["worlds_denoising"][-1]).__name__ == "RenderResult"
+
+
+def test_cli_fill_blanks_and_bad_region(capsys):
+    code, out, _ = run_cli(capsys, "fill-blanks", "a ___ red ___ on the left", "--json")
+    assert code == 0 and '"words_masked_diffusion"' in out
+    code, _, err = run_cli(capsys, "repaint", "a red circle on the left", "a blue square on the left",
+                           "--region", "0,0,99,4")
+    assert code == 2 and "outside the 64x64 canvas" in err
+
+
+def test_training_smoke_runs_save_loadable_folders(tmp_path):
+    from wordsworlds.words.captions import Captioner
+    from wordsworlds.world.train_captions import CaptionTrainConfig, train_captions
+
+    train_captions(CaptionTrainConfig.toy(), out=tmp_path / "captions", run_dir=tmp_path / "run")
+    for process in ("next_token", "masked_diffusion"):
+        frame = Captioner.load(process, tmp_path / "captions").write("a red circle")
+        assert frame.done
+
+
+def test_painter_training_smoke_run_saves_a_loadable_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from wordsworlds.presets import SHAPES_WORLD
+    from wordsworlds.world.train_painter import PainterTrainConfig, train_painter
+    from wordsworlds.worlds.painter import Painter
+
+    summary = train_painter(PainterTrainConfig.toy(), out=tmp_path / "painter", run_dir=tmp_path / "run")
+    assert summary["evaluation"]["in_distribution"]["prompts"] == 2
+    painter = Painter.load(AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae"), tmp_path / "painter")
+    assert list(painter.stream("a red circle"))[-1].done
