@@ -41,11 +41,13 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
 from .errors import ModelUnavailable
+from .models import load_captioner, load_painter
 from .presets import Preset
 from .serving import CAPACITY, InLine, Request, RoomFull
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
 
+SMALL_LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token")  # the two-by-two's own engines
 START_TIMEOUT_S = 600  # loading the models in the engine process (a first GGUF conversion takes ~25 s)
 ENGINE_KEY = "WORDSWORLDS_ENGINE_KEY"  # the one-time key the engine process connects back with
 
@@ -57,6 +59,25 @@ def streaming_engines(preset: Preset) -> tuple:
         engines = engine_process(preset)
         return engines.words, engines.worlds
     return TextGenerator.load(preset), ImageGenerator.load(preset)
+
+
+def two_by_two_engines(preset: Preset) -> dict:
+    """The two-by-two's small engines by lane ("words_next_token", "words_masked_diffusion",
+    "worlds_next_token"), each with `stream(**arguments)` and `running`: the engine process's proxies
+    when served apart, else the engines themselves (batched in this process if the preset is)."""
+    if served_apart(preset):
+        return engine_process(preset).lanes
+    engines = _small_engines(preset)
+    if preset.batched:
+        for engine in engines.values():
+            engine.batched()
+    return engines
+
+
+def _small_engines(preset: Preset) -> dict:
+    return {"words_next_token": load_captioner(preset, "next_token"),
+            "words_masked_diffusion": load_captioner(preset, "masked_diffusion"),
+            "worlds_next_token": load_painter(preset)}
 
 
 def served_apart(preset: Preset) -> bool:
@@ -102,6 +123,7 @@ class EngineProcess:
         self._gone = False
         self.words = RemoteEngine(self, "words")
         self.worlds = RemoteEngine(self, "worlds")
+        self.lanes = {lane: RemoteRuns(self, lane) for lane in SMALL_LANES}
         threading.Thread(target=self._read, name="engines-reader", daemon=True).start()
 
     @property
@@ -230,6 +252,29 @@ class RemoteEngine:
             self._streaming += streaming
 
 
+class RemoteRuns(RemoteEngine):
+    """A proxy for one of the two-by-two's small engines (words.captions.Captioner, worlds.painter.Painter)
+    in the engine process: `stream(**arguments)` as the engine's own `stream`."""
+
+    def stream(self, should_stop=None, line_updates: bool = False, skip_stale: bool = False, **arguments) -> Iterator:
+        with self._count_lock:
+            if self._open >= self.capacity:
+                raise RoomFull.of(self.side.replace("_", " "), self.capacity)
+            self._open += 1
+        started = False
+        try:
+            for item, _ in self.process.stream(self.side, (arguments, line_updates, skip_stale), skip_stale,
+                                               should_stop):
+                if item is None:
+                    return
+                if not started and not isinstance(item, InLine):
+                    started = True
+                    self._count(streaming=+1)
+                yield item
+        finally:
+            self._count(open_=-1, streaming=-1 if started else 0)
+
+
 # ----------------------------------------------------------------------------- the engine process's side
 
 
@@ -253,6 +298,7 @@ def _serve(pipe, preset: Preset) -> None:
 
     try:
         engines = {"words": TextGenerator.load(preset), "worlds": ImageGenerator.load(preset)}
+        engines |= {lane: engine.batched() for lane, engine in _small_engines(preset).items()}
     except BaseException as error:  # noqa: BLE001  (the web process raises it where it waits)
         send(("failed", None, _portable(error)))
         return
@@ -260,9 +306,17 @@ def _serve(pipe, preset: Preset) -> None:
     cancels: dict[int, threading.Event] = {}
 
     def run(request_id: int, side: str, arguments: tuple) -> None:
-        prompt, options, line_updates, skip_stale = arguments
         stop = cancels[request_id]
         try:
+            if side in SMALL_LANES:
+                kwargs, line_updates, skip_stale = arguments
+                for item in engines[side].stream(**kwargs, should_stop=stop.is_set, line_updates=line_updates,
+                                                 skip_stale=skip_stale):
+                    send(("item", request_id, item, None,
+                          not isinstance(item, InLine) and not item.done and getattr(item, "picture", None) is None))
+                send(("done", request_id, None))
+                return
+            prompt, options, line_updates, skip_stale = arguments
             if side == "words":
                 stats = GenerationStats()
                 for item in engines["words"].stream(prompt, options, should_stop=stop.is_set, stats=stats,

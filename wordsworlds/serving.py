@@ -272,3 +272,50 @@ class StepLoop:
             gap = (now - self._last_end) / count
             self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
         self._last_end = now
+
+
+@dataclass(eq=False)
+class RunJob:
+    """A request for a RunLoop: its run (with `.advance(row)` and `.done`), made and checked by the engine."""
+
+    run: object
+    should_stop: object = None  # Callable[[], bool] | None, checked before every step
+
+
+class RunLoop(StepLoop):
+    """The step loop of the two-by-two's small engines (words.captions, worlds.painter), whose requests all
+    share one sequence layout: one `engine.forward(runs)` pass for the batch, then each run advances on
+    its own row, with its own settings and random generator; `engine.add_pictures(frames)`, if the engine
+    has it, decodes the frames' pictures in one call. No per-batch state: a run joins or leaves between
+    any two steps."""
+
+    def __init__(self, name: str, engine, max_batch: int = MAX_BATCH, capacity: int = CAPACITY):
+        self.engine = engine
+        super().__init__(name, max_batch, capacity)
+
+    def start(self, request: Request) -> None:
+        request.state = request.job.run
+
+    def step(self, active: list[Request]) -> list[Request]:
+        ended, going = [], []
+        for request in active:
+            stop = request.job.should_stop
+            if request.cancelled.is_set() or (stop is not None and stop()):
+                request.finish()
+                ended.append(request)
+            else:
+                going.append(request)
+        if not going:
+            return ended
+        rows = self.engine.forward([request.state for request in going])
+        frames = [request.state.advance(row) for request, row in zip(going, rows)]
+        if hasattr(self.engine, "add_pictures"):
+            self.engine.add_pictures(frames)
+        for request, frame in zip(going, frames):
+            # Frames are cumulative (each holds every word or cell so far), so a slow reader may skip to the
+            # newest; never the last one, nor one that carries a freshly decoded picture.
+            request.emit(frame, replaceable=not frame.done and getattr(frame, "picture", None) is None)
+            if frame.done:
+                request.finish()
+                ended.append(request)
+        return ended

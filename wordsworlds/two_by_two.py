@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from .compare import merge_streams
-from .engines import streaming_engines
+from .engines import streaming_engines, two_by_two_engines
 from .errors import InputError, check_prompt
 from .models import load_captioner, load_diffusion, load_painter
 from .presets import Preset
@@ -58,15 +58,17 @@ def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, s
     (`render_options.seed`); the painter is greedy, so its seed matters only when it samples."""
     prompt = check_prompt(prompt)
     _check_lengths(preset, prompt)
-    next_token, masked = load_captioner(preset, "next_token"), load_captioner(preset, "masked_diffusion")
-    painter = load_painter(preset)
+    lanes = two_by_two_engines(preset)
     _, worlds = streaming_engines(preset)
+    live = {"line_updates": line_updates, "skip_stale": line_updates}
     yield from merge_streams({
-        "words_next_token": lambda stopped: next_token.stream(prompt, should_stop=stopped),
-        "words_masked_diffusion": lambda stopped: masked.stream(prompt, should_stop=stopped),
-        "worlds_next_token": lambda stopped: painter.stream(prompt, seed=render_options.seed, should_stop=stopped),
-        "worlds_denoising": lambda stopped: worlds.stream(prompt, render_options, should_stop=stopped,
-                                                          line_updates=line_updates, skip_stale=line_updates),
+        "words_next_token": lambda stopped: lanes["words_next_token"].stream(prompt=prompt, should_stop=stopped,
+                                                                             **live),
+        "words_masked_diffusion": lambda stopped: lanes["words_masked_diffusion"].stream(
+            prompt=prompt, should_stop=stopped, **live),
+        "worlds_next_token": lambda stopped: lanes["worlds_next_token"].stream(
+            prompt=prompt, seed=render_options.seed, should_stop=stopped, **live),
+        "worlds_denoising": lambda stopped: worlds.stream(prompt, render_options, should_stop=stopped, **live),
     }, should_stop)
 
 
@@ -76,11 +78,11 @@ def fill_blanks(preset: Preset, prompt: str, blanks: str, should_stop=None) -> I
     if prompt:
         prompt = check_prompt(prompt)
         _check_lengths(preset, prompt)
-    next_token, masked = load_captioner(preset, "next_token"), load_captioner(preset, "masked_diffusion")
-    masked.parse_blanks(blanks)  # a malformed template is refused before either lane starts
+    load_captioner(preset, "masked_diffusion").parse_blanks(blanks)  # refused before either lane starts
+    lanes = two_by_two_engines(preset)
     yield from merge_streams({
-        "words_next_token": lambda stopped: next_token.stream(prompt, blanks=blanks, should_stop=stopped),
-        "words_masked_diffusion": lambda stopped: masked.stream(prompt, blanks=blanks, should_stop=stopped),
+        lane: lambda stopped, lane=lane: lanes[lane].stream(prompt=prompt, blanks=blanks, should_stop=stopped)
+        for lane in ("words_next_token", "words_masked_diffusion")
     }, should_stop)
 
 
@@ -97,14 +99,15 @@ def repaint(preset: Preset, prompt: str, new_prompt: str, region: str, render_op
                          f"has a {type(diffusion).__name__}")
     painter = load_painter(preset)
     painter_region = parse_region(region, painter.vae.config.sample_size)
+    first = min(painter_region.cells(painter.image_tokenizer.grid, painter.vae.config.sample_size))
+    lanes = two_by_two_engines(preset)
     _, worlds = streaming_engines(preset)
 
     def painted(stopped):
-        *_, original = painter.stream(prompt, seed=render_options.seed, should_stop=stopped)
+        *_, original = lanes["worlds_next_token"].stream(prompt=prompt, seed=render_options.seed, should_stop=stopped)
         yield Before(original.picture)
-        first = min(painter_region.cells(painter.image_tokenizer.grid, painter.vae.config.sample_size))
-        yield from painter.stream(new_prompt, seed=render_options.seed, prefix=original.codes[:first],
-                                  should_stop=stopped)
+        yield from lanes["worlds_next_token"].stream(prompt=new_prompt, seed=render_options.seed,
+                                                     prefix=original.codes[:first], should_stop=stopped)
 
     def denoised(stopped):
         result = None

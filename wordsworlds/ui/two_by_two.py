@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import two_by_two as library
-from ..engines import streaming_engines
+from ..engines import streaming_engines, two_by_two_engines
 from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
@@ -105,7 +105,7 @@ class TwoByTwo:
             prompt = check_prompt(prompt)
             options = validate_render_options(steps, guidance_scale, "", seed, scheduler)
             view = {lane: None for lane in library.LANES} | {f"{lane}_meter": "" for lane in library.LANES}
-            pace = Pace(*streaming_engines(self.preset))
+            pace = Pace(*streaming_engines(self.preset), *two_by_two_engines(self.preset).values())
 
             def outputs():
                 return tuple(view[key] for lane in library.LANES for key in (lane, f"{lane}_meter"))

@@ -37,6 +37,7 @@ import torch
 from diffusers import BlockRefinementScheduler
 
 from ..errors import InputError, check_number, check_prompt
+from ..serving import RunJob, RunLoop
 from ..world.train_captions import (
     CAPTIONS_DIR, LAYOUT_FILE, PROCESSES, UNMASK_STEPS, UNMASK_THRESHOLD, encode_requests,
 )
@@ -77,6 +78,17 @@ class Captioner:
             raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
         self.model, self.tokenizer, self.process = model.eval(), tokenizer, process
         self.prompt_length, self.gen_length = prompt_length, gen_length
+        self.loop = None  # a serving.RunLoop once batched(): every request's pass in one forward
+
+    def batched(self) -> "Captioner":
+        """Serve concurrent requests together (serving.RunLoop): one forward pass per step for all."""
+        if self.loop is None:
+            self.loop = RunLoop(f"{self.process.replace('_', '-')} caption", self)
+        return self
+
+    @property
+    def running(self) -> int:
+        return self.loop.load[0] if self.loop is not None else 0
 
     @classmethod
     def load(cls, process: str, folder: str | Path = CAPTIONS_DIR) -> "Captioner":
@@ -117,21 +129,41 @@ class Captioner:
 
     # ------------------------------------------------------------ the two processes
 
-    def stream(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
-               threshold: float = UNMASK_THRESHOLD,
-               should_stop: Callable[[], bool] = lambda: False) -> Iterator[CaptionFrame]:
-        """Yield a frame after every forward pass; the last has `done=True`. An empty prompt asks
-        for any caption (both models were trained with 10% empty requests)."""
+    def start(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
+              threshold: float = UNMASK_THRESHOLD) -> "CaptionRun":
+        """One request's run, checked before any model work. An empty prompt asks for any caption
+        (both models were trained with 10% empty requests)."""
         if prompt:
             prompt = check_prompt(prompt)
         steps = check_number("num_inference_steps", num_inference_steps, int, 1, self.gen_length)
         threshold = check_number("threshold", threshold, float, 0, 1)
         template = self.parse_blanks(blanks) if blanks is not None else None
         ids, mask = self.encode_prompt(prompt)
-        if self.process == "next_token":
-            yield from self._next_token(ids, mask, template, should_stop)
-        else:
-            yield from self._masked_diffusion(ids, mask, template, steps, threshold, should_stop)
+        kind = NextTokenRun if self.process == "next_token" else MaskedDiffusionRun
+        return kind(self, ids[0], mask[0], template, steps, threshold)
+
+    @torch.no_grad()
+    def forward(self, runs: list["CaptionRun"]) -> torch.Tensor:
+        """One forward pass for every run (batched): logits [runs, prompt + caption length, vocabulary].
+        Every run has the same layout, so a batch needs no padding, and no key/value cache: at 72
+        positions and 0.8M parameters the whole sequence costs about as much as one position."""
+        ids = torch.stack([run.ids for run in runs])
+        attention = torch.stack([run.attention for run in runs])
+        positions = torch.arange(ids.shape[1])[None].expand(len(runs), -1)
+        return self.model(ids, attention_mask=attention, position_ids=positions).logits
+
+    def stream(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
+               threshold: float = UNMASK_THRESHOLD, should_stop: Callable[[], bool] = lambda: False,
+               line_updates: bool = False, skip_stale: bool = False) -> Iterator[CaptionFrame]:
+        """Yield a frame after every forward pass; the last has `done=True`. Batched: with `line_updates`,
+        InLine items while waiting for a place; with `skip_stale`, frames the reader is too slow for are
+        skipped (a live view)."""
+        run = self.start(prompt, blanks, num_inference_steps, threshold)
+        if self.loop is not None:
+            yield from self.loop.stream(RunJob(run, should_stop), line_updates=line_updates, skip_stale=skip_stale)
+            return
+        while not run.done and not should_stop():
+            yield run.advance(self.forward([run])[0])
 
     def write(self, prompt: str = "", blanks: str | None = None, num_inference_steps: int = UNMASK_STEPS,
               threshold: float = UNMASK_THRESHOLD) -> CaptionFrame:
@@ -140,77 +172,108 @@ class Captioner:
             pass
         return frame
 
-    def _word(self, token_id: int) -> str:
+    def word(self, token_id: int) -> str:
         return END if token_id == self.tokenizer.eos_token_id else self.tokenizer.convert_ids_to_tokens(token_id)
 
-    @torch.no_grad()
-    def _next_token(self, ids, mask, template, should_stop) -> Iterator[CaptionFrame]:
-        """Greedy, one word per pass, with the key-value cache. Given blanks, it is given the words
-        before the first blank (its prompt, in effect) and continues: it cannot look ahead."""
-        started = time.perf_counter()
-        prefix = []
-        if template is not None:
-            prefix = template[: template.index(None)]
-        words: list[str | None] = [self._word(t) for t in prefix] + [None] * (self.gen_length - len(prefix))
-        probabilities: list[float | None] = [None] * self.gen_length
-        fixed = [i < len(prefix) for i in range(self.gen_length)]
-        inputs = torch.cat([ids, torch.tensor([prefix], dtype=torch.long)], 1)
-        attention = torch.cat([mask, torch.ones(1, len(prefix), dtype=torch.long)], 1)
-        positions = torch.arange(inputs.shape[1])[None]
-        cache, step = None, 0
-        for position in range(len(prefix), self.gen_length):
-            if should_stop():
-                return
-            out = self.model(inputs, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                             use_cache=True)
-            cache, step = out.past_key_values, step + 1
-            probs = out.logits[0, -1].float().softmax(-1)
-            token = int(probs.argmax())
-            words[position], probabilities[position] = self._word(token), float(probs[token])
-            end = token == self.tokenizer.eos_token_id or position == self.gen_length - 1
-            yield CaptionFrame(self.process, step, list(words), list(probabilities), [position], fixed,
-                               time.perf_counter() - started, done=end)
-            if end:
-                return
-            inputs = torch.tensor([[token]])
-            attention = torch.cat([attention, torch.ones(1, 1, dtype=torch.long)], 1)
-            positions = positions[:, -1:] + 1
 
-    @torch.no_grad()
-    def _masked_diffusion(self, ids, mask, template, steps, threshold, should_stop) -> Iterator[CaptionFrame]:
-        """All positions masked (or fixed by the template); each pass commits the most confident.
-        The loop is LLaDA2Pipeline's for one block, run here to stream each pass and to start
-        from a template; test_captions checks it writes what the pipeline writes."""
-        started = time.perf_counter()
-        tok = self.tokenizer
+class CaptionRun:
+    """One request: its whole sequence (prompt, then the caption region) and what is committed."""
+
+    def __init__(self, writer: Captioner, prompt_ids, prompt_mask, template, steps: int, threshold: float):
+        self.writer, self.steps, self.threshold = writer, steps, threshold
+        self.started = time.perf_counter()
+        self.step, self.done = 0, False
+        tok, length = writer.tokenizer, writer.gen_length
+        self.region = self.first_region(template)
+        self.fixed = [t is not None for t in self.region]
+        self.words = [None if t is None else writer.word(t) for t in self.region]
+        self.probabilities: list[float | None] = [None] * length
+        self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
+        self.pad = tok.pad_token_id
+
+    def first_region(self, template) -> list[int | None]:
+        raise NotImplementedError
+
+    def frame(self, committed: list[int]) -> CaptionFrame:
+        return CaptionFrame(self.writer.process, self.step, list(self.words), list(self.probabilities), committed,
+                            list(self.fixed), time.perf_counter() - self.started, self.done)
+
+
+class NextTokenRun(CaptionRun):
+    """Left to right, one word per pass, greedy; each word final once written. Given blanks, it gets the
+    words before the first blank (its prompt, in effect) and continues: it cannot look ahead."""
+
+    def first_region(self, template):
+        prefix = template[: template.index(None)] if template is not None else []
+        return prefix + [None] * (self.writer.gen_length - len(prefix))
+
+    @property
+    def written(self) -> int:
+        return sum(w is not None for w in self.words)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        # Not yet written: padding, masked out (and, with causal attention, never seen by written positions).
+        region = torch.tensor([self.pad if t is None else t for t in self.region])
+        return torch.cat([self.prompt_ids, region])
+
+    @property
+    def attention(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, torch.tensor([int(t is not None) for t in self.region])])
+
+    def advance(self, logits: torch.Tensor) -> CaptionFrame:
+        position = self.written
+        probs = logits[self.writer.prompt_length + position - 1].float().softmax(-1)
+        token = int(probs.argmax())
+        self.region[position] = token
+        self.words[position], self.probabilities[position] = self.writer.word(token), float(probs[token])
+        self.step += 1
+        self.done = token == self.writer.tokenizer.eos_token_id or position == self.writer.gen_length - 1
+        return self.frame([position])
+
+
+class MaskedDiffusionRun(CaptionRun):
+    """Every position masked (or fixed by the template); each pass predicts all and commits the surest,
+    with diffusers' BlockRefinementScheduler: LLaDA2Pipeline's loop for one block, run here to stream
+    each pass, to start from a template and to batch requests (test_two_by_two checks it writes what
+    the pipeline writes)."""
+
+    def first_region(self, template):
+        tok = self.writer.tokenizer
         if template is None:
-            region = [tok.mask_token_id] * self.gen_length
-        else:  # the template's words, then [EOS]: the caption ends where the template ends
-            region = [tok.mask_token_id if t is None else t for t in template]
-            region += [tok.eos_token_id] * (self.gen_length - len(region))
-        fixed = [t != tok.mask_token_id for t in region]
-        x = torch.cat([ids, torch.tensor([region], dtype=torch.long)], 1)
-        attention = torch.cat([mask, torch.ones(1, self.gen_length, dtype=torch.long)], 1)
-        positions = torch.arange(x.shape[1])[None]
-        scheduler = BlockRefinementScheduler(block_length=self.gen_length)
-        scheduler.set_timesteps(steps, block_length=self.gen_length)
-        words = [None if t == tok.mask_token_id else self._word(t) for t in region]
-        probabilities: list[float | None] = [None] * self.gen_length
-        step = 0
-        while (x[0, self.prompt_length:] == tok.mask_token_id).any():
-            if should_stop():
-                return
-            logits = self.model(x, attention_mask=attention, position_ids=positions).logits
-            block = x[:, self.prompt_length:]
-            out = scheduler.step(model_output=logits[:, self.prompt_length:], timestep=step, sample=block,
-                                 mask_token_id=tok.mask_token_id, sampling_method="greedy", threshold=threshold,
-                                 editing_threshold=None, prompt_mask=torch.tensor(fixed))
-            x[:, self.prompt_length:] = out.prev_sample
-            step += 1
-            committed = out.transfer_index[0].nonzero().flatten().tolist()
-            for position in committed:
-                words[position] = self._word(int(out.prev_sample[0, position]))
-                probabilities[position] = float(out.sampled_probs[0, position])
-            done = not (x[0, self.prompt_length:] == tok.mask_token_id).any()
-            yield CaptionFrame(self.process, step, list(words), list(probabilities), committed, fixed,
-                               time.perf_counter() - started, done=done)
+            return [None] * self.writer.gen_length
+        # The template's words, then [EOS]: the caption ends where the template ends.
+        return template + [tok.eos_token_id] * (self.writer.gen_length - len(template))
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.scheduler = BlockRefinementScheduler(block_length=self.writer.gen_length)
+        self.scheduler.set_timesteps(self.steps, block_length=self.writer.gen_length)
+
+    @property
+    def block(self) -> torch.Tensor:
+        mask_id = self.writer.tokenizer.mask_token_id
+        return torch.tensor([mask_id if t is None else t for t in self.region])
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.block])
+
+    @property
+    def attention(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, torch.ones(self.writer.gen_length, dtype=torch.long)])
+
+    def advance(self, logits: torch.Tensor) -> CaptionFrame:
+        tok = self.writer.tokenizer
+        out = self.scheduler.step(model_output=logits[None, self.writer.prompt_length:], timestep=self.step,
+                                  sample=self.block[None], mask_token_id=tok.mask_token_id, sampling_method="greedy",
+                                  threshold=self.threshold, editing_threshold=None,
+                                  prompt_mask=torch.tensor(self.fixed))
+        committed = out.transfer_index[0].nonzero().flatten().tolist()
+        for position in committed:
+            token = int(out.prev_sample[0, position])
+            self.region[position] = token
+            self.words[position], self.probabilities[position] = self.writer.word(token), float(out.sampled_probs[0, position])
+        self.step += 1
+        self.done = all(t is not None for t in self.region)
+        return self.frame(committed)

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, check_number, check_prompt, check_seed
+from ..serving import RunJob, RunLoop
 from ..world.draw import BACKGROUND, IMAGE_SIZE
 from ..world.image_tokens import ImageTokenizer
 from ..world.train_captions import encode_requests
@@ -43,14 +44,26 @@ class PaintFrame:
     picture: Image.Image | None = None  # the canvas, decoded at the end of every row
     seconds: float = 0.0
     done: bool = False
+    picture_due: bool = False  # this frame ends a row: its canvas is decoded (Painter.add_pictures)
 
 
 class Painter:
     def __init__(self, model, tokenizer, image_tokenizer: ImageTokenizer, vae, prompt_length: int, code_offset: int):
         self.model, self.tokenizer, self.image_tokenizer, self.vae = model.eval(), tokenizer, image_tokenizer, vae
         self.prompt_length, self.code_offset = prompt_length, code_offset
+        self.loop = None  # a serving.RunLoop once batched()
         self.background_code = int(self.encode_picture(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND))
                                    .flatten().mode().values)
+
+    def batched(self) -> "Painter":
+        """Serve concurrent requests together (serving.RunLoop): one forward pass per step for all."""
+        if self.loop is None:
+            self.loop = RunLoop("painter", self)
+        return self
+
+    @property
+    def running(self) -> int:
+        return self.loop.load[0] if self.loop is not None else 0
 
     @classmethod
     def load(cls, vae, folder: str | Path = PAINTER_DIR) -> "Painter":
@@ -73,58 +86,111 @@ class Painter:
         return self.image_tokenizer.encode(latents)
 
     @torch.no_grad()
-    def canvas(self, codes: list[int | None]) -> Image.Image:
-        """The picture so far: written cells decoded, the rest as empty background, faded."""
-        filled = torch.tensor([[self.background_code if c is None else c for c in codes]])
+    def canvases(self, codes: list[list[int | None]]) -> list[Image.Image]:
+        """The pictures so far: written cells decoded, the rest as empty background, faded."""
+        if not codes:
+            return []
+        filled = torch.tensor([[self.background_code if c is None else c for c in row] for row in codes])
         pixels = self.vae.decode(self.image_tokenizer.decode(filled)).sample.clamp(-1, 1)
-        array = ((pixels[0] + 1) * 127.5).permute(1, 2, 0).numpy()
-        grid, cell = self.image_tokenizer.grid, array.shape[0] // self.image_tokenizer.grid
-        for index, code in enumerate(codes):
-            if code is None:
-                row, col = divmod(index, grid)
-                block = array[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell]
-                block[:] = block * (1 - UNWRITTEN_SHADE) + 200 * UNWRITTEN_SHADE
-        return Image.fromarray(array.round().astype(np.uint8))
+        arrays = ((pixels + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+        grid, cell = self.image_tokenizer.grid, arrays.shape[1] // self.image_tokenizer.grid
+        pictures = []
+        for array, row_codes in zip(arrays, codes):
+            for index, code in enumerate(row_codes):
+                if code is None:
+                    row, col = divmod(index, grid)
+                    block = array[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell]
+                    block[:] = block * (1 - UNWRITTEN_SHADE) + 200 * UNWRITTEN_SHADE
+            pictures.append(Image.fromarray(array.round().astype(np.uint8)))
+        return pictures
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_requests(self.tokenizer, [prompt], self.prompt_length, "the painter")
 
-    @torch.no_grad()
-    def stream(self, prompt: str, seed: int = 0, temperature: float = 0.0, prefix: list[int] | None = None,
-               should_stop: Callable[[], bool] = lambda: False) -> Iterator[PaintFrame]:
-        """One frame per forward pass (one token); the canvas is decoded at each row's end."""
+    def start(self, prompt: str, seed: int = 0, temperature: float = 0.0,
+              prefix: list[int] | None = None) -> "PaintRun":
+        """One request's run, checked before any model work."""
         prompt = check_prompt(prompt)
         seed = check_seed(seed)
         temperature = check_number("temperature", temperature, float, 0, 5)
         prefix = list(prefix or [])
         if len(prefix) >= self.length:
             raise InputError(f"a prefix of {len(prefix)} tokens leaves nothing to paint (a picture has {self.length})")
-        started = time.perf_counter()
         ids, mask = self.encode_prompt(prompt)
-        offset = self.code_offset
-        inputs = torch.cat([ids, torch.tensor([prefix], dtype=torch.long) + offset], 1)
-        attention = torch.cat([mask, torch.ones(1, len(prefix), dtype=torch.long)], 1)
-        positions = torch.arange(inputs.shape[1])[None]
-        codes: list[int | None] = prefix + [None] * (self.length - len(prefix))
-        generator = torch.Generator().manual_seed(seed)
-        cache = None
-        for index in range(len(prefix), self.length):
-            if should_stop():
-                return
-            out = self.model(inputs, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                             use_cache=True)
-            cache = out.past_key_values
-            logits = out.logits[0, -1, offset:offset + self.image_tokenizer.codes].float()
-            probs = logits.softmax(-1)
-            if temperature == 0:
-                code = int(probs.argmax())
-            else:
-                code = int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
-            codes[index] = code
-            done = index == self.length - 1
-            row_end = (index + 1) % self.image_tokenizer.grid == 0
-            yield PaintFrame(index - len(prefix) + 1, list(codes), [index], float(probs[code]),
-                             self.canvas(codes) if row_end or done else None, time.perf_counter() - started, done)
-            inputs = torch.tensor([[code + offset]])
-            attention = torch.cat([attention, torch.ones(1, 1, dtype=torch.long)], 1)
-            positions = positions[:, -1:] + 1
+        return PaintRun(self, ids[0], mask[0], prefix, seed, temperature)
+
+    @torch.no_grad()
+    def forward(self, runs: list["PaintRun"]) -> torch.Tensor:
+        """One forward pass for every run (batched): the logits of each run's next token, [runs, codes].
+        Every run has the same layout (prompt, then 64 cells; not-yet-written cells masked out), so a batch
+        needs no padding, and no key/value cache: at 104 positions and 0.8M parameters the whole sequence
+        costs little more than one position."""
+        ids = torch.stack([run.ids for run in runs])
+        attention = torch.stack([run.attention for run in runs])
+        positions = torch.arange(ids.shape[1])[None].expand(len(runs), -1)
+        logits = self.model(ids, attention_mask=attention, position_ids=positions).logits
+        rows = torch.tensor([self.prompt_length + run.written - 1 for run in runs])
+        picked = logits[torch.arange(len(runs)), rows]
+        return picked[:, self.code_offset:self.code_offset + self.image_tokenizer.codes].float()
+
+    @torch.no_grad()
+    def add_pictures(self, frames: list[PaintFrame]) -> None:
+        """Decode the canvas of every frame that ends a row (or the picture), in one VAE call."""
+        due = [f for f in frames if f.picture_due]
+        for frame, picture in zip(due, self.canvases([f.codes for f in due])):
+            frame.picture = picture
+
+    def stream(self, prompt: str, seed: int = 0, temperature: float = 0.0, prefix: list[int] | None = None,
+               should_stop: Callable[[], bool] = lambda: False, line_updates: bool = False,
+               skip_stale: bool = False) -> Iterator[PaintFrame]:
+        """One frame per forward pass (one token); the canvas is decoded at each row's end. Batched: as
+        Captioner.stream."""
+        run = self.start(prompt, seed, temperature, prefix)
+        if self.loop is not None:
+            yield from self.loop.stream(RunJob(run, should_stop), line_updates=line_updates, skip_stale=skip_stale)
+            return
+        while not run.done and not should_stop():
+            frame = run.advance(self.forward([run])[0])
+            self.add_pictures([frame])
+            yield frame
+
+
+class PaintRun:
+    """One request: its prompt, the cells written so far, its own random generator."""
+
+    def __init__(self, painter: Painter, prompt_ids, prompt_mask, prefix: list[int], seed: int, temperature: float):
+        self.painter, self.temperature = painter, temperature
+        self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
+        self.codes: list[int | None] = prefix + [None] * (painter.length - len(prefix))
+        self.prefix = len(prefix)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.started = time.perf_counter()
+        self.done = False
+
+    @property
+    def written(self) -> int:
+        return sum(c is not None for c in self.codes)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        offset, pad = self.painter.code_offset, self.painter.tokenizer.pad_token_id
+        return torch.cat([self.prompt_ids, torch.tensor([pad if c is None else c + offset for c in self.codes])])
+
+    @property
+    def attention(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, torch.tensor([int(c is not None) for c in self.codes])])
+
+    def advance(self, logits: torch.Tensor) -> PaintFrame:
+        """Write the next cell from this run's logits over the codes."""
+        probs = logits.softmax(-1)
+        if self.temperature == 0:
+            code = int(probs.argmax())
+        else:
+            code = int(torch.multinomial((logits / self.temperature).softmax(-1), 1, generator=self.generator))
+        index = self.written
+        self.codes[index] = code
+        self.done = index == self.painter.length - 1
+        frame = PaintFrame(index - self.prefix + 1, list(self.codes), [index], float(probs[code]), None,
+                           time.perf_counter() - self.started, self.done)
+        frame.picture_due = self.done or (index + 1) % self.painter.image_tokenizer.grid == 0
+        return frame
