@@ -16,6 +16,7 @@ Every lane runs one request at a time, in this process.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import statistics
 import sys
@@ -27,12 +28,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from wordsworlds.models import load_captioner, load_describer, load_painter  # noqa: E402
+from wordsworlds.models import load_describer  # noqa: E402
 from wordsworlds.presets import get_preset  # noqa: E402
+from wordsworlds.words.captions import Captioner  # noqa: E402
 from wordsworlds.world.checker import check  # noqa: E402
 from wordsworlds.world.evaluate import prompt_set  # noqa: E402
 from wordsworlds.world.scene import parse_caption  # noqa: E402
 from wordsworlds.worlds.diffusion import ImageGenerator, StepFrame  # noqa: E402
+from wordsworlds.worlds.painter import Painter  # noqa: E402
 
 SETS = ("in_distribution", "held_out")
 
@@ -40,7 +43,7 @@ SETS = ("in_distribution", "held_out")
 def words_rows(preset, prompts: dict) -> list[tuple]:
     rows = []
     for process in ("next_token", "masked_diffusion"):
-        writer = load_captioner(preset, process)
+        writer = Captioner.load(preset, process)
         writer.write(prompts["in_distribution"][0])  # warm-up
         for name, batch in prompts.items():
             valid = faithful = passes = 0
@@ -64,7 +67,7 @@ def words_rows(preset, prompts: dict) -> list[tuple]:
 
 def worlds_rows(preset, prompts: dict, recognizer) -> list[tuple]:
     rows = []
-    painter = load_painter(preset)
+    painter = Painter.load(preset)
     list(painter.stream(prompts["in_distribution"][0]))  # warm-up
     for name, batch in prompts.items():
         passed, seconds, first = 0, [], []
@@ -109,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = get_preset("tiny")
+    preset = replace(preset, accel=replace(preset.accel, batching=False))  # each request alone
     prompts = {name: prompt_set(name, args.prompts if name == "in_distribution" else max(1, args.prompts // 2))
                for name in SETS}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prompts: "

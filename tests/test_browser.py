@@ -33,6 +33,7 @@ BOTH_SIZES = [("desktop", DESKTOP), ("phone", PHONE)]
 # Tabs 2 and 3 are checked at the phone size (the harder one); at both when taking screenshots.
 SIZES = BOTH_SIZES if SHOTS else [("phone", PHONE)]
 ROOT = Path(__file__).resolve().parents[1]
+LANES = ("words-next-token", "words-masked-diffusion", "worlds-next-token", "worlds-denoising")
 
 
 class ServerErrors(logging.Handler):
@@ -91,8 +92,16 @@ def open_page(browser, url: str, viewport: dict):
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.goto(url)
-    page.get_by_role("button", name="Run both").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run all four").wait_for(timeout=60_000)
     return page
+
+
+def open_chat_side(page):
+    """Open tab 1's "The chat model beside the picture" and return it (a locator to search within)."""
+    page.get_by_text("The chat model beside the picture").click()
+    side = page.locator("#ww-chat-side")
+    side.get_by_role("button", name="Run both").wait_for(timeout=10_000)
+    return side
 
 
 def assert_clean(page) -> None:
@@ -133,46 +142,80 @@ def wait_for_text(locator, text: str, timeout_s: float = 60) -> None:
 
 
 @pytest.mark.parametrize("size, viewport", BOTH_SIZES)
-def test_words_vs_worlds_runs_its_example_with_the_outputs_on_the_first_screen(browser, live_url, size, viewport):
+def test_words_vs_worlds_runs_its_four_lanes_with_the_outputs_on_the_first_screen(browser, live_url, size, viewport):
     page = open_page(browser, live_url, viewport)
     tabs = page.get_by_role("tab")
     assert [t.inner_text().strip() for t in tabs.all()][:3] == ["Words vs worlds", "Embeddings", "Hybrid"]
     assert all(t.is_visible() for t in tabs.all()[:3])  # one tap each, none behind a "more" menu
-    page.get_by_role("button", name="Run both").click()
-    meter = page.locator("#ww-image-meter")
-    wait_for_text(meter, "step")
-    # Right after Run, without scrolling: the picture and the first tokens are on screen.
-    for label in ("Guess x₀", "Final"):
-        box = page.get_by_text(label, exact=True).first.bounding_box()
-        assert box and box["y"] + box["height"] <= viewport["height"], (label, box)
-    wait_for_text(meter, "· done")
-    text_meter = page.locator("#ww-text-meter")
-    wait_for_text(text_meter, "stopped by")
-    deadline = time.time() + 60
-    while "stopped by …" in text_meter.inner_text():  # "…" while the words are still being written
-        assert time.time() < deadline, text_meter.inner_text()
-        time.sleep(0.2)
-    assert "stopped by eos" in text_meter.inner_text() or "stopped by max_new_tokens" in text_meter.inner_text()
-    assert page.locator(".ww-images img").count() == 3
+    page.get_by_role("button", name="Run all four").click()
+    for lane in LANES:
+        wait_for_text(page.locator(f"#ww-meter-{lane}"), "· done")
+    # Without scrolling: the four lanes (two caption lanes, two pictures) are on the screen.
+    for lane in LANES:
+        box = page.locator(f"#ww-lane-{lane}").bounding_box()
+        assert box and box["y"] + box["height"] <= viewport["height"], (lane, box)
+    for lane in ("#ww-lane-words-next-token", "#ww-lane-words-masked-diffusion"):
+        assert "circle" in page.locator(lane).inner_text(), lane  # each writes the caption of the scene asked for
+    assert page.locator("#ww-lane-worlds-next-token img, #ww-lane-worlds-denoising img").count() == 2
     assert_clean(page)
     assert page.errors == []
     shoot(page, f"words_vs_worlds_{size}")
     page.close()
 
 
+@pytest.mark.parametrize("size, viewport", BOTH_SIZES)
+def test_what_only_one_process_can_do_fill_blanks_and_repaint(browser, live_url, size, viewport):
+    page = open_page(browser, live_url, viewport)
+    page.get_by_text("What only one process can do").click()
+    page.get_by_role("button", name="Fill the blanks").click()
+    for lane in LANES[:2]:
+        wait_for_text(page.locator(f"#ww-meter-{lane}"), "given words")
+    filled = page.locator("#ww-lane-words-masked-diffusion").inner_text()
+    assert "red" in filled and "left" in filled and "▢" not in filled
+    page.get_by_role("button", name="Repaint").click()
+    only = page.locator("#ww-only-one")
+    wait_for_text(only, "Repainted in place", timeout_s=90)
+    wait_for_text(only, "written again", timeout_s=90)
+    assert only.locator("img").count() == 4  # before and after, per worlds lane
+    assert_clean(page)
+    assert page.errors == []
+    shoot(page, f"only_one_process_{size}", "ww-only-one")
+    page.close()
+
+
+def test_the_chat_model_still_runs_beside_the_picture(browser, live_url):
+    page = open_page(browser, live_url, DESKTOP)
+    side = open_chat_side(page)
+    side.get_by_role("button", name="Run both").click()
+    meter = side.locator("#ww-image-meter")
+    wait_for_text(meter, "· done")
+    text_meter = side.locator("#ww-text-meter")
+    wait_for_text(text_meter, "stopped by")
+    deadline = time.time() + 60
+    while "stopped by …" in text_meter.inner_text():  # "…" while the words are still being written
+        assert time.time() < deadline, text_meter.inner_text()
+        time.sleep(0.2)
+    assert "stopped by eos" in text_meter.inner_text() or "stopped by max_new_tokens" in text_meter.inner_text()
+    assert side.locator(".ww-images img").count() == 3
+    assert_clean(page)
+    assert page.errors == []
+    page.close()
+
+
 def test_stop_says_the_run_was_stopped_and_clearing_the_prompt_raises_no_toast(browser, live_url):
     page = open_page(browser, live_url, DESKTOP)
-    page.get_by_text("Decoding (words)").click()
-    tokens = page.get_by_role("spinbutton").filter(has=page.locator(":scope")).and_(
-        page.locator("input[aria-label*='Max new tokens']"))
+    side = open_chat_side(page)
+    side.get_by_text("Decoding (words)").click()
+    tokens = side.get_by_role("spinbutton").filter(has=page.locator(":scope")).and_(
+        side.locator("input[aria-label*='Max new tokens']"))
     tokens.fill("200")
     tokens.press("Enter")
-    page.get_by_role("button", name="Words only").click()
-    text_meter = page.locator("#ww-text-meter")
+    side.get_by_role("button", name="Words only").click()
+    text_meter = side.locator("#ww-text-meter")
     wait_for_text(text_meter, "tokens/s")
-    page.get_by_role("button", name="Stop").click()
+    side.get_by_role("button", name="Stop").click()
     wait_for_text(text_meter, "Stop pressed", timeout_s=10)
-    page.get_by_label("Prompt").fill("")
+    side.get_by_label("Prompt").fill("")
     page.wait_for_timeout(1500)
     assert page.locator(".toast-body").count() == 0
     page.close()
@@ -236,9 +279,10 @@ def test_a_blog_page_embeds_the_app_as_a_web_component(browser, live_url):
         page = browser.new_page(viewport=DESKTOP)
         page.goto(f"http://127.0.0.1:{blog.server_address[1]}/")
         app = page.locator("gradio-app")
-        app.get_by_role("button", name="Worlds only").click(timeout=60_000)
-        wait_for_text(app.locator("#ww-image-meter"), "· done")
-        assert app.locator(".ww-images img").count() == 3
+        app.get_by_role("button", name="Run all four").click(timeout=60_000)
+        for lane in LANES:
+            wait_for_text(app.locator(f"#ww-meter-{lane}"), "· done")
+        assert app.locator("#ww-lane-worlds-next-token img, #ww-lane-worlds-denoising img").count() == 2
         assert_clean(page)
         page.close()
         blog.shutdown()
@@ -258,7 +302,7 @@ def test_every_endpoint_names_its_values_and_gives_local_examples():
     from wordsworlds.ui import build_demo
 
     info = build_demo(TINY).get_api_info()["named_endpoints"]
-    assert {"/generate_text", "/render_image", "/compare", "/explore_noise", "/diffusion_tokens", "/embed_words",
+    assert {"/two_by_two", "/fill_blanks", "/repaint", "/generate_text", "/render_image", "/compare", "/explore_noise", "/diffusion_tokens", "/embed_words",
             "/tokenize_words", "/run_hybrid"} <= set(info)
     for name, endpoint in info.items():
         for value in endpoint["parameters"] + endpoint["returns"]:
@@ -296,6 +340,13 @@ HOSTILE = {
                      f'[{P}, 1e9, 5.0, "", 0, "ddim"]', f'[{P}, 4, 5.0, "' + "x" * 100_000 + '", 0, "ddim"]',
                      f'[{P}, 4, 5.0, "", -1, "ddim"]', f'[{P}, 4, 5.0, "", 0, "../../etc/passwd"]',
                      f'[{P}, 4, 5.0, "", 0, {{"__class__": "x"}}]', f'[{P}, 4, 5.0, "", 1e300, "ddim"]'],
+    "two_by_two": [f'[{P}, NaN, 5.0, 0, "ddim"]', f'[{P}, 4, 5.0, -1, "ddim"]', '["' + "w " * 60 + '", 4, 5.0, 0, "ddim"]',
+                   '["", 4, 5.0, 0, "ddim"]', f'[{P}, 4, 5.0, 0, "../x"]'],
+    "fill_blanks": [f'[{P}, ""]', f'[{P}, "a red circle"]', f'[{P}, "a ___ red ___ on the moon"]',
+                    f'[{P}, "' + "___ " * 40 + '"]', f"[{P}, null]", f"[{P}, 5]", '["' + "q " * 60 + '", "a ___"]'],
+    "repaint": [f'[{P}, {P}, "nowhere", 4, 5.0, 0, "ddim"]', f'[{P}, {P}, "60,60,10,10", 4, 5.0, 0, "ddim"]',
+                f'[{P}, {P}, "left", NaN, 5.0, 0, "ddim"]', f'[{P}, "", "left", 4, 5.0, 0, "ddim"]',
+                f'[{P}, {P}, "-1,0,4,4", 4, 5.0, 0, "ddim"]', f'[{P}, {P}, null, 4, 5.0, 0, "ddim"]'],
     "compare": [f'[{P}, 4, 0, 0, 1, 4, 5.0, "", NaN, "ddim"]', '["' + "y" * 3000 + '", 4, 0, 0, 1, 4, 5.0, "", 0, "ddim"]'],
     "run_hybrid": [f"[{P}, 0, true, true, 10, 5.0, 0]", f"[{P}, 1, true, true, 10, 5.0, NaN]",
                    f"[{P}, 1, true, true, 10, 1e9, 0]", '["' + "z" * 100_000 + '", 1, true, true, 10, 5.0, 0]'],
@@ -315,8 +366,11 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
     """The API bypasses the sliders: every such call is refused with a message that says what is wrong
     (never "upstream Gradio app has raised an exception"), no model runs, no traceback reaches the
     server's log, and the app answers after. (benchmarks/fuzz_api.py times many more such calls.)"""
-    from wordsworlds.engines import RemoteEngine
+    from wordsworlds import two_by_two
+    from wordsworlds.engines import RemoteEngine, RemoteRuns
     from wordsworlds.explore import explorer
+    from wordsworlds.words.captions import Captioner
+    from wordsworlds.worlds.painter import Painter
     from wordsworlds.hybrid import loop
     from wordsworlds.words.next_token import TextGenerator
     from wordsworlds.worlds import noising
@@ -325,8 +379,9 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
     def no_model_work(*args, **kwargs):
         raise AssertionError("a model ran on hostile input")
 
-    for owner, name in [(TextGenerator, "stream"), (ImageGenerator, "stream"), (RemoteEngine, "stream"), (loop, "run_hybrid"),
-                        (explorer, "embed"), (noising, "DDPMScheduler")]:
+    for owner, name in [(TextGenerator, "stream"), (ImageGenerator, "stream"), (RemoteEngine, "stream"), (RemoteRuns, "stream"), (loop, "run_hybrid"),
+                        (explorer, "embed"), (noising, "DDPMScheduler"), (Captioner, "forward"), (Painter, "forward"),
+                        (two_by_two, "repaint_stream")]:
         monkeypatch.setattr(owner, name, no_model_work)
     refused = []
     for api_name, cases in HOSTILE.items():

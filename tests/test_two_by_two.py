@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wordsworlds.errors import InputError
-from wordsworlds.models import load_captioner, load_diffusion, load_painter
+from wordsworlds.words.captions import Captioner
+from wordsworlds.worlds.painter import Painter
 from wordsworlds.two_by_two import Before, fill_blanks, repaint, run_two_by_two
 from wordsworlds.world.scene import parse_caption
 from wordsworlds.world.train_captions import write_captions
@@ -24,6 +25,11 @@ def in_this_process(preset):
     """The engines in this process (the tests' own), not in an engine process."""
     return replace(preset, accel=replace(preset.accel, engine_process=False))
 
+
+def alone(preset):
+    """The engines in this process, each request alone (no step loop)."""
+    return replace(preset, accel=replace(preset.accel, engine_process=False, batching=False))
+
 REQUESTS = ["a large red circle on the left and a small blue square on the right",
             "draw a big yellow triangle at the top",
             "show me a tiny green box below, a big purple disc in the middle"]
@@ -31,12 +37,12 @@ REQUESTS = ["a large red circle on the left and a small blue square on the right
 
 @pytest.fixture(scope="module")
 def writers():
-    return {p: load_captioner(TINY, p) for p in ("next_token", "masked_diffusion")}
+    return {p: Captioner.load(alone(TINY), p) for p in ("next_token", "masked_diffusion")}
 
 
 @pytest.fixture(scope="module")
 def painter():
-    return load_painter(TINY)
+    return Painter.load(alone(TINY))
 
 
 def test_the_two_caption_writers_are_the_same_size_and_tokenizer(writers):
@@ -158,12 +164,11 @@ def test_cli_fill_blanks_and_bad_region(capsys):
 
 
 def test_training_smoke_runs_save_loadable_folders(tmp_path):
-    from wordsworlds.words.captions import Captioner
     from wordsworlds.world.train_captions import CaptionTrainConfig, train_captions
 
     train_captions(CaptionTrainConfig.toy(), out=tmp_path / "captions", run_dir=tmp_path / "run")
     for process in ("next_token", "masked_diffusion"):
-        frame = Captioner.load(process, tmp_path / "captions").write("a red circle")
+        frame = Captioner.from_pretrained(tmp_path / "captions", process).write("a red circle")
         assert frame.done
 
 
@@ -172,9 +177,41 @@ def test_painter_training_smoke_run_saves_a_loadable_folder(tmp_path):
 
     from wordsworlds.presets import SHAPES_WORLD
     from wordsworlds.world.train_painter import PainterTrainConfig, train_painter
-    from wordsworlds.worlds.painter import Painter
 
     summary = train_painter(PainterTrainConfig.toy(), out=tmp_path / "painter", run_dir=tmp_path / "run")
     assert summary["evaluation"]["in_distribution"]["prompts"] == 2
-    painter = Painter.load(AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae"), tmp_path / "painter")
+    painter = Painter.from_pretrained(tmp_path / "painter", AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae"))
     assert list(painter.stream("a red circle"))[-1].done
+
+
+def test_batched_runs_write_what_each_writes_alone(writers, painter):
+    """The small engines' step loop (serving.RunLoop): a request's result does not depend on who else is in the batch."""
+    import threading
+
+    alone_md = {r: writers["masked_diffusion"].write(r).caption for r in REQUESTS}
+    alone_paint = {r: list(painter.stream(r))[-1].codes for r in REQUESTS}
+    alone = writers["masked_diffusion"]
+    md = Captioner(alone.model, alone.tokenizer, "masked_diffusion", alone.prompt_length, alone.gen_length,
+                   batching=True)
+    paint_loop = Painter(painter.model, painter.tokenizer, painter.image_tokenizer, painter.vae, painter.prompt_length,
+                         painter.code_offset, batching=True)
+    together, results = threading.Barrier(len(REQUESTS) * 2), {}
+
+    def caption(request):
+        together.wait()
+        *_, last = md.stream(request)
+        results[("md", request)] = last.caption
+
+    def picture(request):
+        together.wait()
+        *_, last = paint_loop.stream(request)
+        results[("paint", request)] = last.codes
+
+    threads = [threading.Thread(target=f, args=(r,)) for r in REQUESTS for f in (caption, picture)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert md.loop.largest_batch > 1 and paint_loop.loop.largest_batch > 1
+    assert {r: results[("md", r)] for r in REQUESTS} == alone_md
+    assert {r: results[("paint", r)] for r in REQUESTS} == alone_paint

@@ -32,7 +32,9 @@ from .explore.spaces import SPACES
 from .hybrid.evaluate import evaluate_hybrid, format_hybrid_report
 from .hybrid.loop import run_hybrid, validate_hybrid_options
 from .hybrid.planner import validate_idea
-from .models import load_captioner, load_describer, load_diffusion, load_llm, load_painter, load_sentence_encoder
+from .models import (
+    load_caption_model, load_describer, load_diffusion, load_llm, load_painter_model, load_sentence_encoder,
+)
 from .presets import PRESETS, Preset, from_environment
 from .words.next_token import TextGenerator, TextResult, validate_options
 from .world import evaluate as world_evaluate
@@ -239,9 +241,9 @@ def cmd_doctor(args, preset: Preset) -> int:
     missing = 0
     for role, loader in (("LLM", load_llm), ("diffusion", load_diffusion), ("meaning encoder", load_sentence_encoder),
                          ("describer", load_describer),
-                         ("next-token captioner", lambda p: load_captioner(p, "next_token")),
-                         ("masked-diffusion captioner", lambda p: load_captioner(p, "masked_diffusion")),
-                         ("painter", load_painter)):
+                         ("next-token captioner", lambda p: load_caption_model(p, "next_token")),
+                         ("masked-diffusion captioner", lambda p: load_caption_model(p, "masked_diffusion")),
+                         ("painter", load_painter_model)):
         try:
             print(loader(preset).report.line())
         except ModelUnavailable as error:

@@ -41,11 +41,12 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
 from .errors import ModelUnavailable
-from .models import load_captioner, load_painter
 from .presets import Preset
 from .serving import CAPACITY, InLine, Request, RoomFull
+from .words.captions import Captioner
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
+from .worlds.painter import Painter
 
 SMALL_LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token")  # the two-by-two's own engines
 START_TIMEOUT_S = 600  # loading the models in the engine process (a first GGUF conversion takes ~25 s)
@@ -67,17 +68,13 @@ def two_by_two_engines(preset: Preset) -> dict:
     when served apart, else the engines themselves (batched in this process if the preset is)."""
     if served_apart(preset):
         return engine_process(preset).lanes
-    engines = _small_engines(preset)
-    if preset.batched:
-        for engine in engines.values():
-            engine.batched()
-    return engines
+    return _small_engines(preset)
 
 
 def _small_engines(preset: Preset) -> dict:
-    return {"words_next_token": load_captioner(preset, "next_token"),
-            "words_masked_diffusion": load_captioner(preset, "masked_diffusion"),
-            "worlds_next_token": load_painter(preset)}
+    return {"words_next_token": Captioner.load(preset, "next_token"),
+            "words_masked_diffusion": Captioner.load(preset, "masked_diffusion"),
+            "worlds_next_token": Painter.load(preset)}
 
 
 def served_apart(preset: Preset) -> bool:
@@ -298,7 +295,7 @@ def _serve(pipe, preset: Preset) -> None:
 
     try:
         engines = {"words": TextGenerator.load(preset), "worlds": ImageGenerator.load(preset)}
-        engines |= {lane: engine.batched() for lane, engine in _small_engines(preset).items()}
+        engines |= _small_engines(preset)
     except BaseException as error:  # noqa: BLE001  (the web process raises it where it waits)
         send(("failed", None, _portable(error)))
         return

@@ -358,40 +358,79 @@ def _load_describer(source: str, mirror: str, accel: Accel, shapes_world: bool) 
 # ---------------------------------------------------------------- the two-by-two's models
 
 
-def load_captioner(preset: Preset, process: str):
-    """One of the paired caption writers (words.captions.Captioner): "next_token" or "masked_diffusion"."""
-    return _load_captioner(preset.captioners, process)
+@dataclass(frozen=True)
+class CaptionModel:
+    """One of the paired caption writers: a BERT with causal ("next_token") or full ("masked_diffusion")
+    attention, its word tokenizer, and the sequence layout it was trained on (world/train_captions.py)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    process: str
+    prompt_length: int
+    gen_length: int
+    report: Report
+
+
+def load_caption_model(preset: Preset, process: str) -> CaptionModel:
+    return _load_caption_model(preset.captioners, process)
 
 
 @once_per_process
-def _load_captioner(source: str, process: str):
-    from .words.captions import Captioner
+def _load_caption_model(source: str, process: str) -> CaptionModel:
+    from transformers import AutoModelForMaskedLM
 
+    from .world.train_captions import LAYOUT_FILE, PROCESSES
+
+    if process not in PROCESSES:
+        raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
+    role = f"{process.replace('_', '-')} captioner"
     try:
-        captioner = Captioner.load(process, source)
-    except (OSError, ValueError) as error:
-        raise _unavailable(f"{process.replace('_', '-')} caption", source, error) from None
-    captioner.report = Report(f"{process.replace('_', '-')} captioner", Path(source).name + "/" + process, "cpu", "fp32")
-    return captioner
+        folder = Path(source) / process
+        layout = json.loads((folder / LAYOUT_FILE).read_text())
+        auto = AutoModelForCausalLM if process == "next_token" else AutoModelForMaskedLM
+        model = auto.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise _unavailable(role, source, error) from None
+    report = Report(role, f"{Path(source).name}/{process}", "cpu", "fp32")
+    return CaptionModel(model, tokenizer, process, layout["prompt_length"], layout["gen_length"], report)
 
 
-def load_painter(preset: Preset):
-    """The next-token painter (worlds.painter.Painter), drawing with the shapes world's VAE."""
-    return _load_painter(preset.painter)
+@dataclass(frozen=True)
+class PainterModel:
+    """The next-token painter: a GPT-2 over words and image tokens, its tokenizer, the image tokenizer
+    (codebook), the VAE its tokens decode with, and its sequence layout (world/train_painter.py)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_tokenizer: object
+    vae: torch.nn.Module
+    prompt_length: int
+    code_offset: int
+    report: Report
+
+
+def load_painter_model(preset: Preset) -> PainterModel:
+    return _load_painter_model(preset.painter)
 
 
 @once_per_process
-def _load_painter(source: str):
-    from .worlds.painter import Painter
+def _load_painter_model(source: str) -> PainterModel:
+    from .world.image_tokens import ImageTokenizer
+    from .world.train_painter import LAYOUT_FILE
 
     try:
+        folder = Path(source)
+        layout = json.loads((folder / LAYOUT_FILE).read_text())
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        image_tokenizer = ImageTokenizer.load(folder)
         # Its image tokens are codes of the miniature Stable Diffusion's latents: that VAE, whatever the preset.
         vae = diffusers.AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae").eval()
-        painter = Painter.load(vae, source)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, KeyError) as error:
         raise _unavailable("painter", source, error) from None
-    painter.report = Report("next-token painter", Path(source).name, "cpu", "fp32")
-    return painter
+    return PainterModel(model, tokenizer, image_tokenizer, vae, layout["prompt_length"], layout["code_offset"],
+                        Report("next-token painter", folder.name, "cpu", "fp32"))
 
 
 # ---------------------------------------------------------------- all of them
@@ -401,11 +440,12 @@ def reports(preset: Preset) -> list[Report]:
     """Load every model of the preset; one Report per role. Raises ModelUnavailable for the first
     one that cannot be loaded."""
     return [load_llm(preset).report, load_diffusion(preset).report, load_sentence_encoder(preset).report,
-            load_describer(preset).report, load_captioner(preset, "next_token").report,
-            load_captioner(preset, "masked_diffusion").report, load_painter(preset).report]
+            load_describer(preset).report, load_caption_model(preset, "next_token").report,
+            load_caption_model(preset, "masked_diffusion").report, load_painter_model(preset).report]
 
 
 def clear_caches() -> None:
     """Forget every loaded model (tests that swap presets)."""
-    for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer, _load_captioner, _load_painter):
+    for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer, _load_caption_model,
+                   _load_painter_model):
         loader.cache_clear()

@@ -319,3 +319,15 @@ class RunLoop(StepLoop):
                 request.finish()
                 ended.append(request)
         return ended
+
+
+_RUN_LOOPS: dict[int, RunLoop] = {}
+_RUN_LOOPS_LOCK = threading.Lock()
+
+
+def run_loop(engine, name: str) -> RunLoop:
+    """The engine's model's one RunLoop (a worker thread), made by the first engine that asks."""
+    with _RUN_LOOPS_LOCK:
+        if id(engine.model) not in _RUN_LOOPS:
+            _RUN_LOOPS[id(engine.model)] = RunLoop(name, engine)
+        return _RUN_LOOPS[id(engine.model)]

@@ -28,10 +28,12 @@ from PIL import Image
 from .compare import merge_streams
 from .engines import streaming_engines, two_by_two_engines
 from .errors import InputError, check_prompt
-from .models import load_captioner, load_diffusion, load_painter
+from .models import load_diffusion
 from .presets import Preset
+from .words.captions import Captioner
 from .world.draw import IMAGE_SIZE
 from .worlds.diffusion import RenderOptions, RenderResult
+from .worlds.painter import Painter
 from .worlds.repaint import parse_region, repaint_stream
 
 LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token", "worlds_denoising")
@@ -48,8 +50,8 @@ def _check_lengths(preset: Preset, *prompts: str) -> None:
     """Every lane's own limit on the prompt, checked before any lane starts."""
     for prompt in prompts:
         if prompt:
-            load_captioner(preset, "next_token").encode_prompt(prompt)
-            load_painter(preset).encode_prompt(prompt)
+            Captioner.load(preset, "next_token").encode_prompt(prompt)
+            Painter.load(preset).encode_prompt(prompt)
 
 
 def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, should_stop=None,
@@ -78,7 +80,7 @@ def fill_blanks(preset: Preset, prompt: str, blanks: str, should_stop=None) -> I
     if prompt:
         prompt = check_prompt(prompt)
         _check_lengths(preset, prompt)
-    load_captioner(preset, "masked_diffusion").parse_blanks(blanks)  # refused before either lane starts
+    Captioner.load(preset, "masked_diffusion").parse_blanks(blanks)  # refused before either lane starts
     lanes = two_by_two_engines(preset)
     yield from merge_streams({
         lane: lambda stopped, lane=lane: lanes[lane].stream(prompt=prompt, blanks=blanks, should_stop=stopped)
@@ -97,7 +99,7 @@ def repaint(preset: Preset, prompt: str, new_prompt: str, region: str, render_op
     if type(diffusion).__name__ != "StableDiffusionPipeline":
         raise InputError(f"repainting runs on Stable Diffusion 1.x/2.x pipelines; the preset {preset.name!r} "
                          f"has a {type(diffusion).__name__}")
-    painter = load_painter(preset)
+    painter = Painter.load(preset)
     painter_region = parse_region(region, painter.vae.config.sample_size)
     first = min(painter_region.cells(painter.image_tokenizer.grid, painter.vae.config.sample_size))
     lanes = two_by_two_engines(preset)

@@ -33,6 +33,10 @@ footer {display: none !important}
 .ww-images {flex-wrap: nowrap !important}
 .ww-images > * {min-width: 0 !important}
 .ww-caption p, .ww-meter p {margin: 0.2em 0}
+/* The caption lanes: words as compact chips, so a caption fits a phone's half width in a few lines. */
+.ww-words .textfield {padding: 4px 6px !important; line-height: 1.35}
+.ww-words .token {padding: 0 3px !important; margin: 1px 1px !important}
+.ww-words .token-container {margin: 0 !important}
 @media (max-width: 640px) {
   .ww-header p {font-size: 0.85em}
   /* On a phone the first screen is for the prompt and the outputs: explanations wait below. */
@@ -40,6 +44,8 @@ footer {display: none !important}
   .gradio-container {padding-left: 6px !important; padding-right: 6px !important}
   /* Three tabs in one row, one tap each (wider buttons went behind a "more" menu). */
   .tab-wrapper button {padding-left: 8px !important; padding-right: 8px !important; font-size: 14px !important}
+  .ww-words .textfield {font-size: 13px}
+  .ww-run-row {flex-wrap: nowrap !important}
 }
 """
 

@@ -1,4 +1,4 @@
-"""Tab 1, "Words vs worlds": one prompt, text token by token beside an image step by step.
+"""Tab 1, "Words vs worlds": the two-by-two (ui/two_by_two.py), then the chat model beside the picture.
 
 Handlers are generators: each `yield` is one frame the browser shows. Three endpoints:
 `generate_text` (words), `render_image` (worlds), `compare` (both at once, one timeline).
@@ -247,69 +247,72 @@ class WordsVsWorldsTab:
             yield outputs()
 
     def build(self) -> None:
-        """Lay out the tab inside an open gr.Blocks and wire its events. Phone first: the prompt, Run,
-        then the picture and the text on one screen, their meters under them; settings and examples below."""
+        """Lay out the tab inside an open gr.Blocks and wire its events: the four lanes first (ui/two_by_two.py),
+        then, one tap away, the chat model beside the picture. Phone first: the prompt, Run, then the picture
+        and the text on one screen, their meters under them; settings and examples below."""
         recipe = self.preset.recipe
         TwoByTwo(self.preset).build()
-        gr.Markdown("### The chat model beside the picture")
-        gr.Markdown(
-            "One prompt, two ways of making things: the **language model** commits to one token at a time, left "
-            "to right, for good; the **diffusion model** refines the whole canvas from noise at every step.",
-            elem_classes="ww-intro",
-        )
-        with gr.Row(equal_height=False):
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4, min_width=240)
-            with gr.Column(scale=1, min_width=160):
-                run_both = gr.Button("Run both", variant="primary")
-                with gr.Row():
-                    run_words = gr.Button("Words only", size="sm", min_width=60)
-                    run_worlds = gr.Button("Worlds only", size="sm", min_width=60)
-                    stop = gr.Button("Stop", variant="stop", size="sm", min_width=50)
-        with gr.Row(equal_height=False):
-            with gr.Column(min_width=300):
-                gr.Markdown("**Worlds: denoising.** <span class='ww-more'>Left, the noisy latent; middle, the "
-                            "model's guess of the clean image at this step.</span>", elem_classes="ww-caption")
-                with gr.Row(elem_classes="ww-images"):
-                    noisy = gr.Image(label="Noisy xₜ", type="pil", height=130, buttons=[], min_width=80,
-                                     elem_classes="ww-pixels")
-                    x0 = gr.Image(label="Guess x₀", type="pil", height=130, buttons=[], min_width=80,
-                                  elem_classes="ww-pixels")
-                    # PNG here, WebP for the previews: two outputs never point at one cached file.
-                    final = gr.Image(label="Final", type="pil", height=130, min_width=80, format="png",
-                                     buttons=["download"], elem_classes="ww-pixels")
-                image_meter = gr.Markdown(label="Compute meter (worlds)", elem_id="ww-image-meter", elem_classes="ww-meter")
-            with gr.Column(min_width=300):
-                gr.Markdown("**Words: next-token prediction.** <span class='ww-more'>Each token shaded by its "
-                            "probability; tap one to see what it beat.</span>", elem_classes="ww-caption")
-                tokens = gr.HighlightedText(label="Text, token by token (with probabilities)", show_label=False,
-                                            combine_adjacent=False, show_legend=False)
-                text_meter = gr.Markdown(label="Compute meter (words)", elem_id="ww-text-meter", elem_classes="ww-meter")
-                top = gr.Label(label="Candidates for the latest (or tapped) token", num_top_classes=5,
-                               show_heading=False)
-        gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
-        with gr.Row():
-            with gr.Accordion("Decoding (words)", open=False):
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
-                top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
-                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
-            with gr.Accordion("Sampling (worlds)", open=False):
-                steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
-                guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5,
-                                           label="Guidance scale (>1: two U-Net passes per step)")
-                scheduler = gr.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
-                negative_prompt = gr.Textbox(label="Negative prompt", value="")
-        with gr.Row():
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image noise; text only when sampling)",
-                             scale=3)
-            reseed = gr.Button("🎲 New seed", size="sm", scale=1)
-        gr.Markdown(
-            "*Same seed, same result:* run twice and both sides repeat exactly (greedy text; the same starting "
-            "noise). Raise the temperature or draw a new seed and both change."
-        )
-        with gr.Accordion("Timeline: token t beside step t", open=False):
-            timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], label="Timeline", interactive=False,
-                                    wrap=True)
+        # The chat LLM keeps its place, one tap away: what sits beside the picture in the four lanes talks
+        # about the picture; the chat model answers as a chat model does.
+        with gr.Accordion("The chat model beside the picture", open=False, elem_id="ww-chat-side"):
+            gr.Markdown(
+                "One prompt, two ways of making things: the **language model** commits to one token at a time, left "
+                "to right, for good; the **diffusion model** refines the whole canvas from noise at every step.",
+                elem_classes="ww-intro",
+            )
+            with gr.Row(equal_height=False):
+                prompt = gr.Textbox(label="Prompt", value=EXAMPLE_PROMPTS[0], lines=2, max_lines=6, scale=4, min_width=240)
+                with gr.Column(scale=1, min_width=160):
+                    run_both = gr.Button("Run both", variant="primary")
+                    with gr.Row():
+                        run_words = gr.Button("Words only", size="sm", min_width=60)
+                        run_worlds = gr.Button("Worlds only", size="sm", min_width=60)
+                        stop = gr.Button("Stop", variant="stop", size="sm", min_width=50)
+            with gr.Row(equal_height=False):
+                with gr.Column(min_width=300):
+                    gr.Markdown("**Worlds: denoising.** <span class='ww-more'>Left, the noisy latent; middle, the "
+                                "model's guess of the clean image at this step.</span>", elem_classes="ww-caption")
+                    with gr.Row(elem_classes="ww-images"):
+                        noisy = gr.Image(label="Noisy xₜ", type="pil", height=130, buttons=[], min_width=80,
+                                         elem_classes="ww-pixels")
+                        x0 = gr.Image(label="Guess x₀", type="pil", height=130, buttons=[], min_width=80,
+                                      elem_classes="ww-pixels")
+                        # PNG here, WebP for the previews: two outputs never point at one cached file.
+                        final = gr.Image(label="Final", type="pil", height=130, min_width=80, format="png",
+                                         buttons=["download"], elem_classes="ww-pixels")
+                    image_meter = gr.Markdown(label="Compute meter (worlds)", elem_id="ww-image-meter", elem_classes="ww-meter")
+                with gr.Column(min_width=300):
+                    gr.Markdown("**Words: next-token prediction.** <span class='ww-more'>Each token shaded by its "
+                                "probability; tap one to see what it beat.</span>", elem_classes="ww-caption")
+                    tokens = gr.HighlightedText(label="Text, token by token (with probabilities)", show_label=False,
+                                                combine_adjacent=False, show_legend=False)
+                    text_meter = gr.Markdown(label="Compute meter (words)", elem_id="ww-text-meter", elem_classes="ww-meter")
+                    top = gr.Label(label="Candidates for the latest (or tapped) token", num_top_classes=5,
+                                   show_heading=False)
+            gr.Examples(EXAMPLE_PROMPTS, inputs=prompt)
+            with gr.Row():
+                with gr.Accordion("Decoding (words)", open=False):
+                    max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS_CAP, value=32, step=1, label="Max new tokens")
+                    temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, deterministic)")
+                    top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+                with gr.Accordion("Sampling (worlds)", open=False):
+                    steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
+                    guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5,
+                                               label="Guidance scale (>1: two U-Net passes per step)")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value=recipe.scheduler, label="Scheduler")
+                    negative_prompt = gr.Textbox(label="Negative prompt", value="")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image noise; text only when sampling)",
+                                 scale=3)
+                reseed = gr.Button("🎲 New seed", size="sm", scale=1)
+            gr.Markdown(
+                "*Same seed, same result:* run twice and both sides repeat exactly (greedy text; the same starting "
+                "noise). Raise the temperature or draw a new seed and both change."
+            )
+            with gr.Accordion("Timeline: token t beside step t", open=False):
+                timeline = gr.Dataframe(headers=["what", "#", "time (s)", "detail"], label="Timeline", interactive=False,
+                                        wrap=True)
         records = gr.State([])
         InsideDiffusion(self.preset).build(prompt)
 

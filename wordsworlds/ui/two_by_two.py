@@ -45,11 +45,16 @@ def caption_chips(frame: CaptionFrame) -> list[tuple[str, float | None]]:
     return chips
 
 
+def meter(passes: int, seconds: float, done: bool, how: str) -> str:
+    """A lane's compute meter: forward passes and time first (all a phone shows), then how the process works."""
+    return (f"**{passes}** forward passes · **{format_seconds(seconds)}**" + (" · done" if done else "")
+            + f" <span class='ww-more'>({how})</span>")
+
+
 def describe_caption(frame: CaptionFrame, given: list[str | None] | None = None) -> str:
-    per_pass = "one word per pass, each final" if frame.process == "next_token" else \
+    how = "one word per pass, each final" if frame.process == "next_token" else \
         "every position predicted at each pass, the surest committed"
-    line = (f"**{frame.step}** forward passes ({per_pass}) · **{format_seconds(frame.seconds)}**"
-            + (" · done" if frame.done else ""))
+    line = meter(frame.step, frame.seconds, frame.done, how)
     if given and frame.done:
         kept = [w == g for w, g in zip(frame.words, given) if g is not None]
         if frame.process == "next_token":
@@ -61,14 +66,13 @@ def describe_caption(frame: CaptionFrame, given: list[str | None] | None = None)
 
 
 def describe_paint(frame: PaintFrame, note: str = "") -> str:
-    return (f"token **{frame.step}** · **{frame.step}** forward passes (one image token each, row by row, "
-            f"each final) · **{format_seconds(frame.seconds)}**" + (" · done" if frame.done else "")
+    return (meter(frame.step, frame.seconds, frame.done, "one image token per pass, row by row, each final")
             + (f"\n\n{note}" if note else ""))
 
 
-def describe_denoise(step: int, total: int, seconds: float, done: bool, note: str = "") -> str:
-    return (f"step **{step}/{total}** · every pixel refined at each step · **{format_seconds(seconds)}**"
-            + (" · done" if done else "") + (f"\n\n{note}" if note else ""))
+def describe_denoise(step: int, total: int, passes: int, seconds: float, done: bool, note: str = "") -> str:
+    return (meter(passes, seconds, done, f"step {step} of {total}, every pixel refined at each step")
+            + (f"\n\n{note}" if note else ""))
 
 
 def given_words(blanks: str) -> list[str | None]:
@@ -118,26 +122,28 @@ class TwoByTwo:
 
     def _show(self, view: dict, lane: str, item, total_steps: int, given=None) -> bool:
         """Put one frame into the view; True when it is a lane's last."""
-        meter = f"{lane}_meter"
+        meter_key = f"{lane}_meter"
         if isinstance(item, InLine):
-            view[meter] = item.message()
+            view[meter_key] = item.message()
         elif isinstance(item, CaptionFrame):
-            view[lane], view[meter] = caption_chips(item), describe_caption(item, given)
+            view[lane], view[meter_key] = caption_chips(item), describe_caption(item, given)
             return item.done
         elif isinstance(item, PaintFrame):
             view[lane] = item.picture or view.get(lane)
-            view[meter] = describe_paint(item)
+            view[meter_key] = describe_paint(item)
             return item.done
         elif isinstance(item, StepFrame):
             view[lane] = item.x0 if item.x0 is not None else view.get(lane)
-            view[meter] = describe_denoise(item.step, item.total_steps, item.elapsed_s, False)
+            view[meter_key] = describe_denoise(item.step, item.total_steps, item.stats.unet_evaluations, item.elapsed_s,
+                                           False)
         elif isinstance(item, RenderResult):
             view[lane] = item.image
-            view[meter] = describe_denoise(item.stats.steps, total_steps, item.stats.total_s, True)
+            view[meter_key] = describe_denoise(item.stats.steps, total_steps, item.stats.unet_evaluations,
+                                           item.stats.total_s, True)
             return True
         elif isinstance(item, RepaintFrame):
             view[lane] = item.picture
-            view[meter] = describe_denoise(item.step, item.total_steps, item.seconds, item.done,
+            view[meter_key] = describe_denoise(item.step, item.total_steps, item.unet_evaluations, item.seconds, item.done,
                                            "Repainted in place: outside the region nothing changes.")
             return item.done
         elif isinstance(item, library.Before):
@@ -210,40 +216,41 @@ class TwoByTwo:
         recipe = self.preset.recipe
         gr.Markdown(
             "One prompt, **four lanes**: words and pictures, each made by **next-token prediction** (left to right, "
-            "each piece final once written) and by **denoising** (everything at once, refined at every step). "
-            "<span class='ww-more'>The two words models are one small BERT trained on the same data with the same "
-            "tokenizer: only the attention (causal or full) and the objective differ. The two picture models share "
-            "one decoder (the miniature VAE).</span>",
+            "each piece final once written) and by **denoising** (everything at once, refined at every step).",
             elem_classes="ww-intro",
         )
         with gr.Row(equal_height=False):
             prompt = gr.Textbox(label="Prompt", value="a large red circle on the left and a small blue square on the right",
                                 lines=2, max_lines=4, scale=4, min_width=240, elem_id="ww-four-prompt")
-            with gr.Column(scale=1, min_width=160):
-                run = gr.Button("Run all four", variant="primary", elem_id="ww-run-four")
-                stop = gr.Button("Stop", variant="stop", size="sm")
+            with gr.Row(elem_classes="ww-run-row"):
+                run = gr.Button("Run all four", variant="primary", elem_id="ww-run-four", scale=3, min_width=100)
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=60)
         with gr.Row(equal_height=False, elem_classes="ww-lanes"):
             with gr.Column(min_width=150):
-                gr.Markdown("**Next-token** <span class='ww-more'>· left to right, for good</span>",
+                gr.Markdown("**Next-token** <span class='ww-more'>· left to right, each piece final</span>",
                             elem_classes="ww-caption")
-                words_nt = gr.HighlightedText(label="Words, next-token", show_legend=False, combine_adjacent=False,
-                                              elem_id="ww-lane-words-next-token")
-                words_nt_meter = gr.Markdown(elem_classes="ww-meter")
+                words_nt = gr.HighlightedText(label="Words, next-token", show_label=False, show_legend=False, combine_adjacent=False,
+                                              elem_id="ww-lane-words-next-token", elem_classes="ww-words")
+                words_nt_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-words-next-token")
             with gr.Column(min_width=150):
                 gr.Markdown("**Denoising** <span class='ww-more'>· everything, refined at every step</span>",
                             elem_classes="ww-caption")
-                words_md = gr.HighlightedText(label="Words, masked diffusion", show_legend=False,
-                                              combine_adjacent=False, elem_id="ww-lane-words-masked-diffusion")
-                words_md_meter = gr.Markdown(elem_classes="ww-meter")
+                words_md = gr.HighlightedText(label="Words, masked diffusion", show_label=False, show_legend=False, combine_adjacent=False,
+                                              elem_id="ww-lane-words-masked-diffusion", elem_classes="ww-words")
+                words_md_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-words-masked-diffusion")
         with gr.Row(equal_height=False, elem_classes="ww-lanes ww-images"):
             with gr.Column(min_width=120):
-                worlds_nt = gr.Image(label="Picture, next-token (image tokens)", type="pil", height=180, buttons=[],
+                worlds_nt = gr.Image(label="Picture, next-token", show_label=False, type="pil", height=170, buttons=[],
                                      elem_classes="ww-pixels", elem_id="ww-lane-worlds-next-token")
-                worlds_nt_meter = gr.Markdown(elem_classes="ww-meter")
+                worlds_nt_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-worlds-next-token")
             with gr.Column(min_width=120):
-                worlds_dn = gr.Image(label="Picture, denoising (guess of the clean image)", type="pil", height=180,
+                worlds_dn = gr.Image(label="Picture, denoising", show_label=False, type="pil", height=170,
                                      buttons=[], elem_classes="ww-pixels", elem_id="ww-lane-worlds-denoising")
-                worlds_dn_meter = gr.Markdown(elem_classes="ww-meter")
+                worlds_dn_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-worlds-denoising")
+        gr.Markdown("<small>A controlled comparison: the two words lanes are one small BERT (0.8M parameters) trained on "
+                    "the same batches with the same tokenizer, causal attention and next-word loss on the left, full "
+                    "attention and unmasking loss on the right. The two picture lanes decode with the same VAE.</small>",
+                    elem_classes="ww-caption")
         with gr.Accordion("What only one process can do", open=False, elem_id="ww-only-one"):
             gr.Markdown("**Fill in the blanks** (words): each `___` is one word. Masked diffusion fills them where "
                         "they are; a left-to-right model can only continue from the words before the first blank.")

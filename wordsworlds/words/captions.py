@@ -15,8 +15,9 @@ time. `blanks` (e.g. "a ___ red ___ on the left") asks for a caption with those 
 and each `___` one word to fill: the masked-diffusion model fills them in place, the
 next-token model can only continue from the words before the first blank.
 
+    >>> from wordsworlds.presets import get_preset
     >>> from wordsworlds.words.captions import Captioner
-    >>> writer = Captioner.load("masked_diffusion")
+    >>> writer = Captioner.load(get_preset("tiny"), "masked_diffusion")
     >>> frame = None
     >>> for frame in writer.stream("draw a big red disc at the left"):
     ...     pass
@@ -37,7 +38,9 @@ import torch
 from diffusers import BlockRefinementScheduler
 
 from ..errors import InputError, check_number, check_prompt
-from ..serving import RunJob, RunLoop
+from ..models import load_caption_model
+from ..presets import Preset
+from ..serving import RunJob, RunLoop, run_loop
 from ..world.train_captions import (
     CAPTIONS_DIR, LAYOUT_FILE, PROCESSES, UNMASK_STEPS, UNMASK_THRESHOLD, encode_requests,
 )
@@ -71,27 +74,26 @@ END = "[EOS]"
 
 
 class Captioner:
-    """One trained caption model and its process."""
+    """One trained caption model and its process; batched, one RunLoop per model serves every request."""
 
-    def __init__(self, model, tokenizer, process: str, prompt_length: int, gen_length: int):
+    def __init__(self, model, tokenizer, process: str, prompt_length: int, gen_length: int, report=None,
+                 batching: bool = False):
         if process not in PROCESSES:
             raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
         self.model, self.tokenizer, self.process = model.eval(), tokenizer, process
-        self.prompt_length, self.gen_length = prompt_length, gen_length
-        self.loop = None  # a serving.RunLoop once batched(): every request's pass in one forward
-
-    def batched(self) -> "Captioner":
-        """Serve concurrent requests together (serving.RunLoop): one forward pass per step for all."""
-        if self.loop is None:
-            self.loop = RunLoop(f"{self.process.replace('_', '-')} caption", self)
-        return self
-
-    @property
-    def running(self) -> int:
-        return self.loop.load[0] if self.loop is not None else 0
+        self.prompt_length, self.gen_length, self.report = prompt_length, gen_length, report
+        self.loop = _run_loop(self) if batching else None  # serving.RunLoop: every request's pass in one forward
 
     @classmethod
-    def load(cls, process: str, folder: str | Path = CAPTIONS_DIR) -> "Captioner":
+    def load(cls, preset: Preset, process: str) -> "Captioner":
+        """The preset's caption writer of `process` (loaded once per process), batched unless the preset says not."""
+        parts = load_caption_model(preset, process)
+        return cls(parts.model, parts.tokenizer, process, parts.prompt_length, parts.gen_length, parts.report,
+                   batching=preset.batched)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, process: str) -> "Captioner":
+        """A caption writer from a folder that train_captions wrote (`folder/<process>`), alone."""
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
         path = Path(folder) / process
@@ -99,6 +101,11 @@ class Captioner:
         auto = AutoModelForCausalLM if process == "next_token" else AutoModelForMaskedLM
         return cls(auto.from_pretrained(path), AutoTokenizer.from_pretrained(path), process,
                    layout["prompt_length"], layout["gen_length"])
+
+    @property
+    def running(self) -> int:
+        """Requests the model's loop is stepping now (0 without batching)."""
+        return self.loop.load[0] if self.loop is not None else 0
 
     # ------------------------------------------------------------ input
 
@@ -174,6 +181,10 @@ class Captioner:
 
     def word(self, token_id: int) -> str:
         return END if token_id == self.tokenizer.eos_token_id else self.tokenizer.convert_ids_to_tokens(token_id)
+
+
+def _run_loop(engine: Captioner) -> RunLoop:
+    return run_loop(engine, f"{engine.process.replace('_', '-')} caption")
 
 
 class CaptionRun:

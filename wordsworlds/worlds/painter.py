@@ -8,7 +8,7 @@ picture's, up to the first cell of a region to repaint) it continues from there:
 way a left-to-right model can change a picture.
 
     >>> from wordsworlds.worlds.painter import Painter
-    >>> painter = Painter.load(vae)                                  # doctest: +SKIP
+    >>> painter = Painter.load(get_preset("tiny"))                   # doctest: +SKIP
     >>> for frame in painter.stream("a large red circle on the left"):  # doctest: +SKIP
     ...     print(frame.step, frame.picture is not None)
 """
@@ -26,11 +26,13 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, check_number, check_prompt, check_seed
-from ..serving import RunJob, RunLoop
+from ..models import load_painter_model
+from ..presets import Preset
+from ..serving import RunJob, run_loop
 from ..world.draw import BACKGROUND, IMAGE_SIZE
 from ..world.image_tokens import ImageTokenizer
 from ..world.train_captions import encode_requests
-from ..world.train_painter import LAYOUT_FILE, PAINTER_DIR
+from ..world.train_painter import LAYOUT_FILE
 
 UNWRITTEN_SHADE = 0.55  # how far not-yet-written cells fade to grey on the canvas
 
@@ -48,31 +50,36 @@ class PaintFrame:
 
 
 class Painter:
-    def __init__(self, model, tokenizer, image_tokenizer: ImageTokenizer, vae, prompt_length: int, code_offset: int):
+    """The trained painter; batched, one RunLoop per model serves every request."""
+
+    def __init__(self, model, tokenizer, image_tokenizer: ImageTokenizer, vae, prompt_length: int, code_offset: int,
+                 report=None, batching: bool = False):
         self.model, self.tokenizer, self.image_tokenizer, self.vae = model.eval(), tokenizer, image_tokenizer, vae
-        self.prompt_length, self.code_offset = prompt_length, code_offset
-        self.loop = None  # a serving.RunLoop once batched()
+        self.prompt_length, self.code_offset, self.report = prompt_length, code_offset, report
         self.background_code = int(self.encode_picture(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND))
                                    .flatten().mode().values)
-
-    def batched(self) -> "Painter":
-        """Serve concurrent requests together (serving.RunLoop): one forward pass per step for all."""
-        if self.loop is None:
-            self.loop = RunLoop("painter", self)
-        return self
-
-    @property
-    def running(self) -> int:
-        return self.loop.load[0] if self.loop is not None else 0
+        self.loop = run_loop(self, "painter") if batching else None  # serving.RunLoop
 
     @classmethod
-    def load(cls, vae, folder: str | Path = PAINTER_DIR) -> "Painter":
+    def load(cls, preset: Preset) -> "Painter":
+        """The preset's painter (loaded once per process), batched unless the preset says not."""
+        parts = load_painter_model(preset)
+        return cls(parts.model, parts.tokenizer, parts.image_tokenizer, parts.vae, parts.prompt_length,
+                   parts.code_offset, parts.report, batching=preset.batched)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, vae) -> "Painter":
+        """A painter from a folder that train_painter wrote, drawing with `vae`, alone."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = Path(folder)
         layout = json.loads((folder / LAYOUT_FILE).read_text())
         return cls(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
                    ImageTokenizer.load(folder), vae, layout["prompt_length"], layout["code_offset"])
+
+    @property
+    def running(self) -> int:
+        return self.loop.load[0] if self.loop is not None else 0
 
     @property
     def length(self) -> int:

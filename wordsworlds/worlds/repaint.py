@@ -92,6 +92,7 @@ class RepaintFrame:
     picture: Image.Image  # the canvas at this step (the noisy region, decoded; the original around it)
     seconds: float
     done: bool = False
+    unet_evaluations: int = 0  # U-Net passes so far (two per step with guidance)
 
 
 def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, steps: int, guidance_scale: float,
@@ -104,6 +105,7 @@ def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, step
     inpaint.set_progress_bar_config(disable=True)
     size = picture.width
     mask = region.mask(size)
+    per_step = 2 if guidance_scale > 1 else 1
     frames: queue.Queue = queue.Queue()
     started = time.perf_counter()
 
@@ -115,7 +117,8 @@ def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, step
             pixels = pipeline.vae.decode(kwargs["latents"] / pipeline.vae.config.scaling_factor).sample
         canvas = pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
         canvas = Image.composite(canvas, picture, mask)  # only the region is being repainted
-        frames.put(RepaintFrame(index + 1, steps, canvas, time.perf_counter() - started))
+        frames.put(RepaintFrame(index + 1, steps, canvas, time.perf_counter() - started,
+                                unet_evaluations=(index + 1) * per_step))
         return kwargs
 
     def run():
@@ -124,7 +127,8 @@ def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, step
                           num_inference_steps=steps, guidance_scale=guidance_scale,
                           generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step)
             final = inpaint.image_processor.apply_overlay(mask, picture, out.images[0])
-            frames.put(RepaintFrame(steps, steps, final, time.perf_counter() - started, done=True))
+            frames.put(RepaintFrame(steps, steps, final, time.perf_counter() - started, done=True,
+                                    unet_evaluations=steps * per_step))
         except BaseException as error:
             frames.put(error)
 
