@@ -171,7 +171,7 @@ def test_what_only_one_process_can_do_fill_blanks_and_repaint(browser, live_url,
     for lane in LANES[:2]:
         wait_for_text(page.locator(f"#ww-meter-{lane}"), "given words")
     filled = page.locator("#ww-lane-words-masked-diffusion").inner_text()
-    assert "red" in filled and "left" in filled and "▢" not in filled
+    assert "blue" in filled and "right" in filled and "▢" not in filled
     page.get_by_role("button", name="Repaint").click()
     only = page.locator("#ww-only-one")
     wait_for_text(only, "Repainted in place", timeout_s=90)

@@ -20,7 +20,7 @@ from ..worlds.painter import PaintFrame
 from ..worlds.repaint import RepaintFrame
 from .common import Pace, format_seconds, user_errors
 
-EXAMPLE_BLANKS = "a ___ red ___ on the left"
+EXAMPLE_BLANKS = "a ___ blue ___ on the right"  # with the default prompt: its second object
 EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
 PLACES = ("left", "right", "top", "bottom", "center")
 MASKED = "▢"
@@ -58,8 +58,10 @@ def describe_caption(frame: CaptionFrame, given: list[str | None] | None = None)
     if given and frame.done:
         kept = [w == g for w, g in zip(frame.words, given) if g is not None]
         if frame.process == "next_token":
-            line += (f"\n\nKept **{sum(kept)} of {len(kept)}** given words: a left-to-right model gets only the words "
-                     "before the first blank and cannot look ahead to the rest.")
+            written = len(frame.caption.split())
+            ending = "" if written == len(given) else f", and it wrote {written} words where the template has {len(given)}"
+            line += (f"\n\nKept **{sum(kept)} of {len(kept)}** given words{ending}: a left-to-right model gets only "
+                     "the words before the first blank and cannot look ahead to the rest.")
         else:
             line += f"\n\nFilled the blanks in place; the {len(kept)} given words stay as given."
     return line
