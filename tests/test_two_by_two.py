@@ -18,7 +18,7 @@ from wordsworlds.world.train_painter import paint
 from wordsworlds.worlds.diffusion import validate_render_options
 from wordsworlds.worlds.repaint import parse_region
 
-from .conftest import TINY, run_cli
+from conftest import TINY, run_cli
 
 
 def in_this_process(preset):
