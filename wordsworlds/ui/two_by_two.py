@@ -18,7 +18,7 @@ from ..words.captions import BLANK, END, CaptionFrame
 from ..worlds.diffusion import MAX_STEPS, SCHEDULERS, RenderResult, StepFrame, validate_render_options
 from ..worlds.painter import PaintFrame
 from ..worlds.repaint import RepaintFrame
-from .common import Pace, format_seconds, user_errors
+from .common import Pace, format_seconds, scroll_into_view, user_errors
 
 EXAMPLE_BLANKS = "a ___ blue ___ on the right"  # with the default prompt: its second object
 EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
@@ -47,7 +47,8 @@ def caption_chips(frame: CaptionFrame) -> list[tuple[str, float | None]]:
 
 def meter(passes: int, seconds: float, done: bool, how: str) -> str:
     """A lane's compute meter: forward passes and time first (all a phone shows), then how the process works."""
-    return (f"**{passes}** forward passes · **{format_seconds(seconds)}**" + (" · done" if done else "")
+    return (f"**{passes}** forward pass{'' if passes == 1 else 'es'} · **{format_seconds(seconds)}**"
+            + (" · done" if done else "")
             + f" <span class='ww-more'>({how})</span>")
 
 
@@ -233,22 +234,22 @@ class TwoByTwo:
                             elem_classes="ww-caption")
                 words_nt = gr.HighlightedText(label="Words, next-token", show_label=False, show_legend=False, combine_adjacent=False,
                                               elem_id="ww-lane-words-next-token", elem_classes="ww-words")
-                words_nt_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-words-next-token")
+                words_nt_meter = gr.Markdown(label="Compute meter (words, next-token)", elem_classes="ww-meter", elem_id="ww-meter-words-next-token")
             with gr.Column(min_width=150):
                 gr.Markdown("**Denoising** <span class='ww-more'>· everything, refined at every step</span>",
                             elem_classes="ww-caption")
                 words_md = gr.HighlightedText(label="Words, masked diffusion", show_label=False, show_legend=False, combine_adjacent=False,
                                               elem_id="ww-lane-words-masked-diffusion", elem_classes="ww-words")
-                words_md_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-words-masked-diffusion")
+                words_md_meter = gr.Markdown(label="Compute meter (words, masked diffusion)", elem_classes="ww-meter", elem_id="ww-meter-words-masked-diffusion")
         with gr.Row(equal_height=False, elem_classes="ww-lanes ww-images"):
             with gr.Column(min_width=120):
                 worlds_nt = gr.Image(label="Picture, next-token", show_label=False, type="pil", height=170, buttons=[],
                                      elem_classes="ww-pixels", elem_id="ww-lane-worlds-next-token")
-                worlds_nt_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-worlds-next-token")
+                worlds_nt_meter = gr.Markdown(label="Compute meter (picture, next-token)", elem_classes="ww-meter", elem_id="ww-meter-worlds-next-token")
             with gr.Column(min_width=120):
                 worlds_dn = gr.Image(label="Picture, denoising", show_label=False, type="pil", height=170,
                                      buttons=[], elem_classes="ww-pixels", elem_id="ww-lane-worlds-denoising")
-                worlds_dn_meter = gr.Markdown(elem_classes="ww-meter", elem_id="ww-meter-worlds-denoising")
+                worlds_dn_meter = gr.Markdown(label="Compute meter (picture, denoising)", elem_classes="ww-meter", elem_id="ww-meter-worlds-denoising")
         gr.Markdown("<small>A controlled comparison: the two words lanes are one small BERT (0.8M parameters) trained on "
                     "the same batches with the same tokenizer, causal attention and next-word loss on the left, full "
                     "attention and unmasking loss on the right. The two picture lanes decode with the same VAE.</small>",
@@ -265,18 +266,23 @@ class TwoByTwo:
             with gr.Row(equal_height=False):
                 new_prompt = gr.Textbox(label="New prompt", value=EXAMPLE_NEW_PROMPT, scale=3, min_width=200)
                 region = gr.Dropdown(list(PLACES), value="left", label="Region", allow_custom_value=True, scale=1,
-                                     min_width=100, info='a place, or "x,y,width,height" in pixels')
+                                     min_width=100, info="a place, or x,y,width,height")
                 repaint = gr.Button("Repaint", scale=1, min_width=100)
-            with gr.Row(equal_height=False, elem_classes="ww-images"):
-                nt_before = gr.Image(label="Next-token: before", type="pil", height=120, buttons=[],
-                                     elem_classes="ww-pixels")
-                nt_after = gr.Image(label="after", type="pil", height=120, buttons=[], elem_classes="ww-pixels")
-                dn_before = gr.Image(label="Denoising: before", type="pil", height=120, buttons=[],
-                                     elem_classes="ww-pixels")
-                dn_after = gr.Image(label="after", type="pil", height=120, buttons=[], elem_classes="ww-pixels")
             with gr.Row(equal_height=False):
-                nt_repaint_meter = gr.Markdown(elem_classes="ww-meter")
-                dn_repaint_meter = gr.Markdown(elem_classes="ww-meter")
+                for process in ("Next-token", "Denoising"):
+                    with gr.Column(min_width=260):
+                        gr.Markdown(f"**{process}**: before → after", elem_classes="ww-caption")
+                        with gr.Row(equal_height=False, elem_classes="ww-images"):
+                            before = gr.Image(label=f"{process}, before", show_label=False, type="pil", height=120,
+                                              buttons=[], elem_classes="ww-pixels")
+                            after = gr.Image(label=f"{process}, after", show_label=False, type="pil", height=120,
+                                             buttons=[], elem_classes="ww-pixels")
+                        repaint_meter = gr.Markdown(label=f"Compute meter (repaint, {process.lower()})",
+                                                    elem_classes="ww-meter")
+                    if process == "Next-token":
+                        nt_before, nt_after, nt_repaint_meter = before, after, repaint_meter
+                    else:
+                        dn_before, dn_after, dn_repaint_meter = before, after, repaint_meter
         with gr.Accordion("Sampling (denoising picture)", open=False):
             steps = gr.Slider(1, MAX_STEPS, value=recipe.steps, step=1, label="Steps")
             guidance_scale = gr.Slider(0, 15, value=recipe.guidance_scale, step=0.5, label="Guidance scale")
@@ -296,3 +302,4 @@ class TwoByTwo:
                           concurrency_limit=1),
         ]
         stop.click(None, cancels=events)
+        fill.click(None, js=scroll_into_view("ww-lane-words-next-token"))  # the attempts show in the words lanes
