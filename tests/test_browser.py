@@ -176,6 +176,11 @@ def test_what_only_one_process_can_do_fill_blanks_and_repaint(browser, live_url,
     only = page.locator("#ww-only-one")
     wait_for_text(only, "Repainted in place", timeout_s=90)
     wait_for_text(only, "written again", timeout_s=90)
+    deadline = time.time() + 90
+    while only.inner_text().count("· done") < 2:  # both lanes' last frames
+        assert time.time() < deadline, only.inner_text()[-400:]
+        time.sleep(0.2)
+    page.wait_for_timeout(500)
     assert only.locator("img").count() == 4  # before and after, per worlds lane
     assert_clean(page)
     assert page.errors == []
