@@ -224,22 +224,28 @@ class RemoteEngine:
                stats: GenerationStats | None = None, line_updates: bool = False,
                skip_stale: bool = False) -> Iterator:
         """As TextGenerator.stream (words) or ImageGenerator.stream (worlds), served by the engine process."""
+        for item, item_stats in self._served((prompt, options, line_updates, skip_stale), skip_stale, should_stop):
+            if item_stats is not None and stats is not None:
+                vars(stats).update(vars(item_stats))
+            if item is not None:
+                yield item
+
+    def _served(self, arguments: tuple, skip_stale: bool, should_stop) -> Iterator[tuple]:
+        """The engine process's (item, stats) for one request, the last with item None; counted here, and
+        refused here (RoomFull) past capacity."""
         with self._count_lock:
             if self._open >= self.capacity:
-                raise RoomFull.of(self.side, self.capacity)
+                raise RoomFull.of(self.side.replace("_", " "), self.capacity)
             self._open += 1
         started = False
         try:
-            for item, item_stats in self.process.stream(self.side, (prompt, options, line_updates, skip_stale),
-                                                        skip_stale, should_stop):
-                if item_stats is not None and stats is not None:
-                    vars(stats).update(vars(item_stats))
-                if item is None:
-                    return
-                if not started and not isinstance(item, InLine):
+            for item, item_stats in self.process.stream(self.side, arguments, skip_stale, should_stop):
+                if item is not None and not started and not isinstance(item, InLine):
                     started = True
                     self._count(streaming=+1)
-                yield item
+                yield item, item_stats
+                if item is None:
+                    return
         finally:
             self._count(open_=-1, streaming=-1 if started else 0)
 
@@ -254,22 +260,9 @@ class RemoteRuns(RemoteEngine):
     in the engine process: `stream(**arguments)` as the engine's own `stream`."""
 
     def stream(self, should_stop=None, line_updates: bool = False, skip_stale: bool = False, **arguments) -> Iterator:
-        with self._count_lock:
-            if self._open >= self.capacity:
-                raise RoomFull.of(self.side.replace("_", " "), self.capacity)
-            self._open += 1
-        started = False
-        try:
-            for item, _ in self.process.stream(self.side, (arguments, line_updates, skip_stale), skip_stale,
-                                               should_stop):
-                if item is None:
-                    return
-                if not started and not isinstance(item, InLine):
-                    started = True
-                    self._count(streaming=+1)
+        for item, _ in self._served((arguments, line_updates, skip_stale), skip_stale, should_stop):
+            if item is not None:
                 yield item
-        finally:
-            self._count(open_=-1, streaming=-1 if started else 0)
 
 
 # ----------------------------------------------------------------------------- the engine process's side

@@ -142,6 +142,28 @@ def run_loop(stage: Stage, total: int, every: int, step_fn) -> float:
     return stage.seconds
 
 
+def train_alone(name: str, model: torch.nn.Module, run_dir: Path, total: int, every: int, lr: float,
+                warmup_steps: int, loss_fn) -> float:
+    """A stage that trains one model on its own: AdamW, linear warm-up then linear decay (to 5%),
+    gradients clipped at 1; `loss_fn(step)` returns the batch's loss. Returns the training seconds."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.05, 1 - s / total))
+    stage = Stage(name, run_dir, {"model": model}, optimizer, schedule)
+
+    def step_fn(step):
+        loss = loss_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        return loss.item()
+
+    model.train()
+    return run_loop(stage, total, every, step_fn)
+
+
 def train_recognizer(config: TrainConfig, run_dir: Path, vae=None, start_from: RecognizerNet | None = None) -> Recognizer:
     """Train the recognizer on drawn scenes. With a `vae`, fine-tune it (from `start_from`) on
     a mix of drawings and their VAE round-trips, which look like what the diffusion model

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .components import CaptionerConfig, build_captioner, build_word_tokenizer
 from .scene import FUNCTION_WORDS, WORLD_WORDS, caption, parse_caption, random_scene
-from .train import Stage, run_loop
+from .train import train_alone
 
 CAPTIONS_DIR = Path(__file__).parent / "captions"
 LAYOUT_FILE = "caption_layout.json"  # the sequence layout both models were trained on
@@ -139,12 +139,8 @@ def loss_masked_diffusion(model, ids, mask, prompt_length: int, mask_id: int, ge
 def train_captioner(process: str, config: CaptionTrainConfig, tokenizer, gen_length: int, run_dir: Path):
     torch.manual_seed(config.seed)
     model = build_captioner(process, len(tokenizer), config.model, tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.05, 1 - s / config.steps))
-    stage = Stage(f"captions_{process}", run_dir, {"model": model}, optimizer, schedule)
 
-    def step_fn(step):
+    def loss_fn(step):
         rng = random.Random(f"{config.seed}-captions-{step}")  # both processes see the same batches
         pairs = [request_pair(rng, config.empty_request) for _ in range(config.batch_size)]
         prompt_ids, prompt_mask = encode_requests(tokenizer, [p for p, _ in pairs], config.prompt_length)
@@ -152,19 +148,12 @@ def train_captioner(process: str, config: CaptionTrainConfig, tokenizer, gen_len
         ids = torch.cat([prompt_ids, caption_ids], 1)
         mask = torch.cat([prompt_mask, torch.ones_like(caption_ids)], 1)
         if process == "next_token":
-            loss = loss_next_token(model, ids, mask, config.prompt_length, tokenizer.eos_token_id)
-        else:
-            loss = loss_masked_diffusion(model, ids, mask, config.prompt_length, tokenizer.mask_token_id,
-                                         torch.Generator().manual_seed(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        return loss.item()
+            return loss_next_token(model, ids, mask, config.prompt_length, tokenizer.eos_token_id)
+        return loss_masked_diffusion(model, ids, mask, config.prompt_length, tokenizer.mask_token_id,
+                                     torch.Generator().manual_seed(step))
 
-    model.train()
-    seconds = run_loop(stage, config.steps, config.checkpoint_every, step_fn)
+    seconds = train_alone(f"captions_{process}", model, run_dir, config.steps, config.checkpoint_every, config.lr,
+                          config.warmup_steps, loss_fn)
     return model.eval(), seconds
 
 

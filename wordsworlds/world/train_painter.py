@@ -37,7 +37,7 @@ from .evaluate import prompt_set
 from .image_tokens import ImageTokenizer, fit_image_tokenizer
 from .recognizer import Recognizer
 from .scene import caption, parse_caption, random_scene
-from .train import Stage, WEIGHTS_DIR, images_tensor, run_loop
+from .train import WEIGHTS_DIR, images_tensor, train_alone
 from .train_captions import build_tokenizer_for_world, encode_requests
 
 PAINTER_DIR = Path(__file__).parent / "painter"
@@ -111,12 +111,8 @@ def train_painter_model(config: PainterTrainConfig, tokenizer, scenes, codes, co
     torch.manual_seed(config.seed)
     length = config.prompt_length + codes.shape[1]
     model = build_painter(config.model, tokenizer, length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.05, 1 - s / config.steps))
-    stage = Stage("painter", run_dir, {"model": model}, optimizer, schedule)
 
-    def step_fn(step):
+    def loss_fn(step):
         rng = random.Random(f"{config.seed}-painter-{step}")
         rows = [rng.randrange(len(scenes)) for _ in range(config.batch_size)]
         captions = ["" if rng.random() < config.caption_dropout else caption(scenes[r], rng) for r in rows]
@@ -126,16 +122,10 @@ def train_painter_model(config: PainterTrainConfig, tokenizer, scenes, codes, co
         logits = model(ids, attention_mask=mask).logits
         # Predict code k from everything before it: logits at positions prompt_length-1 .. end-1.
         picture_logits = logits[:, config.prompt_length - 1:-1]
-        loss = F.cross_entropy(picture_logits.reshape(-1, logits.shape[-1]), ids[:, config.prompt_length:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        return loss.item()
+        return F.cross_entropy(picture_logits.reshape(-1, logits.shape[-1]), ids[:, config.prompt_length:].reshape(-1))
 
-    model.train()
-    seconds = run_loop(stage, config.steps, config.checkpoint_every, step_fn)
+    seconds = train_alone("painter", model, run_dir, config.steps, config.checkpoint_every, config.lr,
+                          config.warmup_steps, loss_fn)
     return model.eval(), seconds
 
 
