@@ -156,7 +156,7 @@ def cmd_two_by_two(args, preset: Preset) -> int:
 
 def cmd_fill_blanks(args, preset: Preset) -> int:
     last = {}
-    for lane, frame in fill_blanks(preset, args.prompt, args.blanks):
+    for lane, frame in fill_blanks(preset, args.blanks, args.prompt):
         last[lane] = frame
     print_lanes(last, None, args.json)
     return 0

@@ -74,9 +74,11 @@ def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, s
     }, should_stop)
 
 
-def fill_blanks(preset: Preset, prompt: str, blanks: str, should_stop=None) -> Iterator[tuple[str, object]]:
-    """Both words lanes on a caption with blanks (`___`, one word each). `prompt` may be empty: then
-    the models fill the blanks with any scene that fits."""
+def fill_blanks(preset: Preset, blanks: str, prompt: str = "", should_stop=None) -> Iterator[tuple[str, object]]:
+    """Both words lanes on a caption with blanks (`___`, one word each). With no `prompt` (the default) the
+    models fill the blanks with any scene that fits the given words. With one, they were trained to write
+    its whole scene in a fixed order: a template that disagrees with that caption is outside what they
+    learnt (the masked model then fills by position)."""
     if prompt:
         prompt = check_prompt(prompt)
         _check_lengths(preset, prompt)

@@ -20,7 +20,7 @@ from ..worlds.painter import PaintFrame
 from ..worlds.repaint import RepaintFrame
 from .common import Pace, format_seconds, scroll_into_view, user_errors
 
-EXAMPLE_BLANKS = "a ___ blue ___ on the right"  # with the default prompt: its second object
+EXAMPLE_BLANKS = "a ___ blue ___ on the right"
 EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
 PLACES = ("left", "right", "top", "bottom", "center")
 MASKED = "▢"
@@ -154,29 +154,29 @@ class TwoByTwo:
         return False
 
     @on_gpu(duration=60)
-    def fill_blanks(self, prompt: str, blanks: str = EXAMPLE_BLANKS):
+    def fill_blanks(self, blanks: str = EXAMPLE_BLANKS, prompt: str = ""):
         """Fill the blanks of a caption: masked diffusion fills them in place; next-token can only continue.
 
         Args:
-            prompt: the request the caption should describe (may be empty: then any scene that fits).
             blanks: a caption with ___ for each missing word, in the shapes world's words
                 (e.g. "a ___ red ___ on the left").
+            prompt: a request the caption should also describe (default: none, any scene that fits the
+                given words).
 
         Returns:
             The next-token attempt and its meter, the masked-diffusion attempt and its meter.
         """
         with user_errors():
-            prompt = prompt or ""
-            given = None
             view = {}
-            for lane, item in library.fill_blanks(self.preset, prompt, blanks):
-                given = given or given_words(blanks)
-                final = self._show(view, lane, item, 0, given)
-                if final or len(view) % 2 == 0:
-                    yield (view.get("words_next_token"), view.get("words_next_token_meter", ""),
-                           view.get("words_masked_diffusion"), view.get("words_masked_diffusion_meter", ""))
-            yield (view.get("words_next_token"), view.get("words_next_token_meter", ""),
-                   view.get("words_masked_diffusion"), view.get("words_masked_diffusion_meter", ""))
+
+            def outputs():
+                return (view.get("words_next_token"), view.get("words_next_token_meter", ""),
+                        view.get("words_masked_diffusion"), view.get("words_masked_diffusion_meter", ""))
+
+            for lane, item in library.fill_blanks(self.preset, blanks, prompt or ""):
+                self._show(view, lane, item, 0, given_words(blanks))
+                yield outputs()  # a few dozen frames in all: each one is sent
+            yield outputs()
 
     @on_gpu(duration=120)
     def repaint(self, prompt: str, new_prompt: str = EXAMPLE_NEW_PROMPT, region: str = "left", steps: int = 20,
@@ -258,7 +258,9 @@ class TwoByTwo:
             gr.Markdown("**Fill in the blanks** (words): each `___` is one word. Masked diffusion fills them where "
                         "they are; a left-to-right model can only continue from the words before the first blank.")
             with gr.Row(equal_height=False):
-                blanks = gr.Textbox(label="Caption with blanks", value=EXAMPLE_BLANKS, scale=4, min_width=200)
+                blanks = gr.Textbox(label="Caption with blanks", value=EXAMPLE_BLANKS, scale=3, min_width=200)
+                fill_request = gr.Textbox(label="Request it should also describe (optional)", value="", scale=2,
+                                          min_width=160)
                 fill = gr.Button("Fill the blanks", scale=1, min_width=120)
             gr.Markdown("**Repaint a region** (worlds): both lanes first draw the prompt above, then change one "
                         "region to follow the new prompt. Denoising repaints it in place; a next-token painter can "
@@ -294,7 +296,7 @@ class TwoByTwo:
             run.click(self.two_by_two, [prompt, steps, guidance_scale, seed, scheduler],
                       [words_nt, words_nt_meter, words_md, words_md_meter, worlds_nt, worlds_nt_meter, worlds_dn,
                        worlds_dn_meter], concurrency_limit=limit),
-            fill.click(self.fill_blanks, [prompt, blanks], [words_nt, words_nt_meter, words_md, words_md_meter],
+            fill.click(self.fill_blanks, [blanks, fill_request], [words_nt, words_nt_meter, words_md, words_md_meter],
                        concurrency_limit=limit),
             # One repaint at a time per pair of cores: it runs the inpainting pipeline outside the batch.
             repaint.click(self.repaint, [prompt, new_prompt, region, steps, guidance_scale, seed, scheduler],

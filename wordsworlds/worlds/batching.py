@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from ..serving import CAPACITY, MAX_BATCH, Request, StepLoop
+from .attention import recording
 
 PREVIEW_SHARE = 0.15  # full x0 decodes may cost at most this share of the denoising time (plus the last)
 
@@ -42,12 +44,14 @@ class RenderJob:
     seed: int
     height: int | None
     width: int | None
-    # (step index, timestep, latents, x0 guess, x0 decoded in full or None, requests in this U-Net call, seconds)
-    # -> the item to emit
-    on_step: Callable[[int, float, torch.Tensor, torch.Tensor, object, int, float], object]
+    # (step index, timestep, latents, x0 guess, x0 decoded in full or None, requests in this U-Net call, seconds,
+    # x_t as the U-Net saw it, the step's cross-attention maps or None) -> the item to emit
+    on_step: Callable[..., object]
     on_end: Callable[[np.ndarray, str], object]  # (the decoded picture, "done" or "cancelled") -> the result to emit
     decode_x0: Callable[[torch.Tensor], list] | None  # x0 latents (k, c, h, w) -> k pictures in one call; None: no previews
     should_stop: Callable[[], bool] | None = None
+    record_attention: bool = False  # keep each step's cross-attention maps (worlds/attention.py)
+    branch: object = None  # diffusion.Branch: from its step on, another prompt or seed
 
 
 @dataclass(eq=False)
@@ -60,6 +64,7 @@ class _Render:
     guided: bool
     index: int = 0  # the next step
     since_decode: int = 1 << 30  # steps since the last full x0 decode (none yet: first in line)
+    branch: tuple | None = None  # (first step of the branch, its embeddings, its added conditioning)
 
 
 class RenderLoop(StepLoop):
@@ -82,30 +87,17 @@ class RenderLoop(StepLoop):
         height = job.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         width = job.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
         guided = job.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-        negative = job.negative_prompt or None
-        added = None
-        if isinstance(pipe, StableDiffusionXLPipeline):
-            embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-                job.prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided,
-                negative_prompt=negative)
-            projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
-                          else pipe.text_encoder_2.config.projection_dim)
-            time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=embeds.dtype,
-                                              text_encoder_projection_dim=projection).to(device)
-            if guided:
-                added = {"text_embeds": torch.cat([negative_pooled, pooled]), "time_ids": time_ids.repeat(2, 1)}
-            else:
-                added = {"text_embeds": pooled, "time_ids": time_ids}
-        else:
-            embeds, negative_embeds = pipe.encode_prompt(job.prompt, device, 1, guided, negative)
-        if guided:
-            embeds = torch.cat([negative_embeds, embeds])
+        embeds, added = encode_prompt(pipe, job.prompt, job.negative_prompt, guided, height, width, device)
         pipe.scheduler.set_timesteps(job.steps, device=device)
         generator = torch.Generator().manual_seed(job.seed)
         latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, embeds.dtype, device,
                                        generator)
         request.state = _Render(latents, list(pipe.scheduler.timesteps), embeds, added,
                                 pipe.prepare_extra_step_kwargs(generator, 0.0), guided)
+        if job.branch is not None:
+            prompt = job.branch.prompt or job.prompt
+            request.state.branch = (job.branch.at_step,
+                                    *encode_prompt(pipe, prompt, job.negative_prompt, guided, height, width, device))
 
     @torch.inference_mode()
     def step(self, active: list[Request]) -> list[Request]:
@@ -127,20 +119,28 @@ class RenderLoop(StepLoop):
 
     def _step_group(self, group: list[Request]) -> list[Request]:
         started = time.perf_counter()
-        inputs, timesteps, embeds, added = [], [], [], []
+        inputs, timesteps, embeds, added, recorded = [], [], [], [], []
+        rows = 0
         for request in group:
             render, scheduler = request.state, request.job.pipe.scheduler
+            if render.branch is not None and render.index == render.branch[0]:
+                switch_to_branch(render, request.job)
             t = render.timesteps[render.index]
             x = scheduler.scale_model_input(torch.cat([render.latents] * (2 if render.guided else 1)), t)
             inputs.append(x)
+            rows += x.shape[0]
+            if request.job.record_attention:
+                recorded.append(rows - 1)  # the prompt's row (the last of a guided pair)
             timesteps.append(t.reshape(1).expand(x.shape[0]) if torch.is_tensor(t) else torch.full((x.shape[0],), t))
             embeds.append(render.embeds)
             if render.added is not None:
                 added.append(render.added)
         sample = torch.cat(inputs)
         added_cond = {k: torch.cat([a[k] for a in added]) for k in added[0]} if added else None
-        output = self.unet(sample, torch.cat(timesteps).to(sample.device), encoder_hidden_states=torch.cat(embeds),
-                           added_cond_kwargs=added_cond, return_dict=False)[0]
+        with recording(recorded, tuple(sample.shape[-2:])) if recorded else nullcontext() as store:
+            output = self.unet(sample, torch.cat(timesteps).to(sample.device), encoder_hidden_states=torch.cat(embeds),
+                               added_cond_kwargs=added_cond, return_dict=False)[0]
+        maps = dict(zip(recorded, store.maps())) if recorded and store.layers else {}
         unet_s = time.perf_counter() - started
 
         results, row = [], 0
@@ -159,14 +159,14 @@ class RenderLoop(StepLoop):
             render.latents = scheduler.step(noise_pred, t, render.latents, **render.extra_step_kwargs,
                                             return_dict=False)[0]
             render.index += 1
-            results.append((request, t, x0))
+            results.append((request, t, x0, seen, maps.get(row - 1)))
         step_s = time.perf_counter() - started
 
         # The preview budget: full x0 decodes, for the renders that waited longest (a newcomer first), while
         # the decodes' time stays within PREVIEW_SHARE of the U-Net's (a credit carried from step to step).
         self._credit = min(self._credit + PREVIEW_SHARE * unet_s, 4 * PREVIEW_SHARE * unet_s)
         granted = []
-        for request, _, x0 in sorted(results, key=lambda r: -r[0].state.since_decode):
+        for request, _, x0, *_ in sorted(results, key=lambda r: -r[0].state.since_decode):
             if request.job.decode_x0 is None:  # previews off
                 continue
             if request.state.index == len(request.state.timesteps) or self._credit >= 0:
@@ -174,12 +174,12 @@ class RenderLoop(StepLoop):
                 self._credit -= self._decode_s
         previews = self._decode_previews(granted)
         ended, finals = [], []
-        for request, t, x0 in results:
+        for request, t, x0, seen, attention in results:
             render, job = request.state, request.job
             picture = previews.get(id(request))
             render.since_decode = 0 if picture is not None else render.since_decode + 1
-            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, picture, len(group), step_s),
-                         replaceable=True)
+            request.emit(job.on_step(render.index - 1, float(t), render.latents, x0, picture, len(group), step_s,
+                                     seen, attention), replaceable=True)
             if render.index == len(render.timesteps):
                 finals.append((request, "done"))
             elif job.should_stop is not None and job.should_stop():  # Stop: the picture so far, as the pipeline's interrupt
@@ -204,6 +204,36 @@ class RenderLoop(StepLoop):
         spent = (time.perf_counter() - began) / len(granted)
         self._decode_s = spent if not self._decode_s else 0.9 * self._decode_s + 0.1 * spent
         return pictures
+
+
+def encode_prompt(pipe, prompt: str, negative_prompt: str, guided: bool, height: int, width: int, device):
+    """The U-Net's text conditioning for one render, as the pipeline's __call__ makes it: the prompt's
+    embeddings (after the negative prompt's, with guidance) and SDXL's pooled text and size ids."""
+    negative = negative_prompt or None
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided,
+            negative_prompt=negative)
+        projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
+                      else pipe.text_encoder_2.config.projection_dim)
+        time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=embeds.dtype,
+                                          text_encoder_projection_dim=projection).to(device)
+        if guided:
+            added = {"text_embeds": torch.cat([negative_pooled, pooled]), "time_ids": time_ids.repeat(2, 1)}
+        else:
+            added = {"text_embeds": pooled, "time_ids": time_ids}
+    else:
+        embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, guided, negative)
+        added = None
+    return (torch.cat([negative_embeds, embeds]) if guided else embeds), added
+
+
+def switch_to_branch(render: _Render, job: RenderJob) -> None:
+    """From the branch's first step on: its prompt's conditioning, and its seed for the noise still to draw
+    (stochastic samplers draw fresh noise at every step; the generator is reseeded in place)."""
+    _, render.embeds, render.added = render.branch
+    if job.branch.seed is not None and "generator" in render.extra_step_kwargs:
+        render.extra_step_kwargs["generator"].manual_seed(job.branch.seed)
 
 
 def _decode_finals(requests: list[Request]) -> list[np.ndarray]:

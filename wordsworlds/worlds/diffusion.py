@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -39,7 +40,8 @@ from ..errors import (
 from ..models import Report, load_diffusion
 from ..presets import Preset
 from ..serving import InLine
-from .batching import PREVIEW_SHARE, RenderJob, RenderLoop, x0_guess
+from . import attention
+from .batching import PREVIEW_SHARE, RenderJob, RenderLoop, encode_prompt, x0_guess
 from .previews import LatentPreviewer
 
 SCHEDULERS = {
@@ -50,9 +52,20 @@ SCHEDULERS = {
     "ddpm": (DDPMScheduler, {}),  # stochastic, the original sampler
     "lcm": (LCMScheduler, {}),  # for LCM-distilled weights (LCM-LoRA, models.py): 2-8 steps
 }
+STOCHASTIC = ("euler-ancestral", "ddpm", "lcm")  # samplers that draw fresh noise at every step
 MAX_STEPS = 100
 MAX_GUIDANCE = 30.0
 MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Rewind a render to step `at_step` and continue from that latent with another prompt or seed:
+    the first `at_step` steps are the original's, the rest follow the change."""
+
+    at_step: int
+    prompt: str = ""  # "": the original prompt
+    seed: int | None = None  # None: the original seed (it draws only the noise still to come)
 
 
 @dataclass
@@ -65,10 +78,31 @@ class RenderOptions:
     height: int | None = None  # None: the model's native size
     width: int | None = None
     previews: bool = True  # decode an x0 preview at every step (the streaming cost)
+    record: bool = False  # keep every step's latents and cross-attention maps in the result (RenderTrace)
+    branch: Branch | None = None
+
+
+def validate_branch(options: RenderOptions, at_step, prompt: str = "", seed=None, original_prompt: str = "") -> Branch:
+    """A branch of a render made with `options`, checked before any model work."""
+    at_step = check_number("at_step", at_step, int)
+    if not 1 <= at_step < options.steps:
+        raise InputError(f"at_step must be a step of the run before its last, 1 to {options.steps - 1}, got {at_step}"
+                         if options.steps > 1 else "a one-step run has no step to branch from")
+    prompt = check_prompt(prompt) if isinstance(prompt, str) and prompt.strip() else ""
+    if prompt == original_prompt:
+        prompt = ""
+    seed = None if seed in (None, "") or seed == options.seed else check_seed(seed)
+    if not prompt and seed is None:
+        raise InputError("the branch changes nothing: give it another prompt or another seed")
+    if seed is not None and not prompt and options.scheduler not in STOCHASTIC:
+        raise InputError(f"with the {options.scheduler} sampler the seed only draws the starting noise, so a new seed "
+                         f"at step {at_step} would change nothing; change the prompt, or sample with "
+                         f"{' or '.join(STOCHASTIC[:2])}, which draw fresh noise at every step")
+    return Branch(at_step, prompt, seed)
 
 
 def validate_render_options(steps=20, guidance_scale=5.0, negative_prompt="", seed=0, scheduler="dpm++",
-                            height=None, width=None, previews=True) -> RenderOptions:
+                            height=None, width=None, previews=True, record=False) -> RenderOptions:
     """Check every option before any model work; raise InputError with a message a person can act on."""
     steps = check_number("steps", steps, int, 1, MAX_STEPS)
     guidance_scale = check_number("guidance_scale", guidance_scale, float, 0, MAX_GUIDANCE)
@@ -89,7 +123,8 @@ def validate_render_options(steps=20, guidance_scale=5.0, negative_prompt="", se
         if side % 8 or not 8 <= side <= MAX_SIDE:
             raise InputError(f"{name} must be a multiple of 8 between 8 and {MAX_SIDE}, got {side}")
         sides.append(side)
-    return RenderOptions(steps, guidance_scale, negative_prompt, seed, scheduler, sides[0], sides[1], bool(previews))
+    return RenderOptions(steps, guidance_scale, negative_prompt, seed, scheduler, sides[0], sides[1], bool(previews),
+                         bool(record))
 
 
 @dataclass
@@ -125,10 +160,30 @@ class StepFrame:
 
 
 @dataclass
+class RenderTrace:
+    """What a recorded render keeps of every step, for a replay at any pace (replay.py)."""
+
+    tokens: list[str]  # the prompt as the text encoder reads it, one entry per attention map
+    timesteps: list[float] = field(default_factory=list)
+    noisy: list[torch.Tensor] = field(default_factory=list)  # x_t as the U-Net saw it at each step (c, h, w)
+    x0: list[torch.Tensor] = field(default_factory=list)  # the model's guess of the clean latent at each step
+    attention: list[torch.Tensor | None] = field(default_factory=list)  # (tokens, h, w) per step, None: not kept
+
+    def add(self, t: float, seen: torch.Tensor, x0: torch.Tensor, attention: torch.Tensor | None) -> None:
+        self.timesteps.append(float(t))
+        self.noisy.append(seen[-1].detach().to("cpu", torch.float16))
+        self.x0.append(x0[-1].detach().to("cpu", torch.float16))
+        if attention is not None:  # the context's first token is BOS; keep the prompt's own tokens
+            attention = attention[1:1 + len(self.tokens)].to(torch.float16)
+        self.attention.append(attention)
+
+
+@dataclass
 class RenderResult:
     image: Image.Image
     stats: RenderStats
     warnings: list[str] = field(default_factory=list)
+    trace: RenderTrace | None = None  # every step's latents and attention, when recorded
 
 
 def pipeline_with_scheduler(pipe, scheduler: str = ""):
@@ -164,6 +219,13 @@ class ImageGenerator:
         # An LCM-distilled U-Net takes the guidance as an input (time_cond_proj_dim): such models run alone.
         batchable = pipe.unet.config.time_cond_proj_dim is None
         self.loop = _render_loop(pipe.unet) if batching and batchable else None
+        self.attention = attention.install(pipe.unet)  # False: a compiled U-Net, no attention maps
+
+    def prompt_tokens(self, prompt: str) -> list[str]:
+        """The prompt as the text encoder reads it (truncated at its limit), without the start and end tokens."""
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids[1:-1]
+        return [tokenizer.decode([i]).strip() or tokenizer.convert_ids_to_tokens(i) for i in ids]
 
     @property
     def running(self) -> int:
@@ -218,21 +280,25 @@ class ImageGenerator:
         stats = RenderStats()
         started = time.perf_counter()
         per_step = 2 if options.guidance_scale > 1 else 1
+        trace = RenderTrace(self.prompt_tokens(prompt)) if options.record else None
 
-        def on_step(index, t, latents, x0, x0_picture, batch, step_s) -> StepFrame:
+        def on_step(index, t, latents, x0, x0_picture, batch, step_s, seen, maps) -> StepFrame:
             stats.step_times_s.append(step_s)
             stats.steps, stats.unet_evaluations = index + 1, stats.unet_evaluations + per_step
             stats.batch_size = max(stats.batch_size, batch)
+            if trace is not None:
+                trace.add(t, seen, x0, maps)
             return self._frame(index, t, latents, x0 if options.previews else None, x0_picture, options, stats, started)
 
         def on_end(array, reason) -> RenderResult:
             stats.stopped_by = reason
             stats.total_s = time.perf_counter() - started
-            return _result(array, stats)
+            return _result(array, stats, trace)
 
         return RenderJob(pipe, prompt, options.negative_prompt, options.steps, options.guidance_scale, options.seed,
                          options.height, options.width, on_step, on_end,
-                         self.decode_many if options.previews else None, should_stop)
+                         self.decode_many if options.previews else None, should_stop,
+                         record_attention=options.record and self.attention, branch=options.branch)
 
     def _frame(self, index, t, latents, x0, x0_picture, options, stats, started) -> StepFrame:
         """One step's frame: x_t through the linear preview; x0 as decoded in full (`x0_picture`), else linear."""
@@ -263,6 +329,9 @@ class ImageGenerator:
         owner = threading.get_ident()
         latest = {}
         guided = options.guidance_scale > 1
+        trace = RenderTrace(self.prompt_tokens(prompt)) if options.record else None
+        generator = torch.Generator().manual_seed(options.seed)
+        branch = self._branch_conditioning(pipe, options, guided, prompt) if options.branch is not None else None
 
         def capture(module, args, kwargs, output):
             # The U-Net is shared between concurrent renders: only count our own thread's calls.
@@ -271,13 +340,14 @@ class ImageGenerator:
             sample = args[0] if args else kwargs["sample"]
             t = args[1] if len(args) > 1 else kwargs["timestep"]
             stats.unet_evaluations += sample.shape[0]
-            if not options.previews:
+            if not options.previews and trace is None:
                 return
             out = output[0] if isinstance(output, tuple) else output.sample
             if guided:
                 uncond, cond = out.chunk(2)
                 out, sample = uncond + options.guidance_scale * (cond - uncond), sample.chunk(2)[1]
             latest["x0"] = x0_guess(pipe.scheduler, out, sample, t.flatten()[0] if torch.is_tensor(t) else t)
+            latest["seen"] = sample
 
         started = last = time.perf_counter()
 
@@ -290,6 +360,9 @@ class ImageGenerator:
             # previews stay within their share of the time, and always at the last step.
             last_step = i + 1 == pipeline.num_timesteps
             decode = last_step or stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
+            if trace is not None:
+                maps = store.take() if store is not None else None
+                trace.add(t, latest["seen"], latest["x0"], None if maps is None else maps[0])
             x0 = latest.get("x0") if options.previews else None
             began = time.perf_counter()
             picture = self.decode(x0) if decode and x0 is not None else None
@@ -298,27 +371,46 @@ class ImageGenerator:
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True  # diffusers skips the remaining steps
                 stats.stopped_by = "cancelled"
+            if branch is not None and i + 1 == options.branch.at_step:  # the next step is the branch's first
+                tensors["prompt_embeds"] = branch["prompt_embeds"]
+                if "add_text_embeds" in branch:
+                    tensors["add_text_embeds"] = branch["add_text_embeds"]
+                if options.branch.seed is not None:
+                    generator.manual_seed(options.branch.seed)
             last = time.perf_counter()  # preview time is not counted as step time
             return tensors
 
         hook = pipe.unet.register_forward_hook(capture, with_kwargs=True)
+        latent_size = ((options.height or self.native_size) // self.pipe.vae_scale_factor,
+                       (options.width or self.native_size) // self.pipe.vae_scale_factor)
+        record = trace is not None and self.attention
         try:
-            output = pipe(
-                prompt,
-                negative_prompt=options.negative_prompt or None,
-                num_inference_steps=options.steps,
-                guidance_scale=options.guidance_scale,
-                height=options.height,
-                width=options.width,
-                generator=torch.Generator().manual_seed(options.seed),
-                callback_on_step_end=on_step_end,
-                output_type="np",
-            )
+            with attention.recording([-1], latent_size) if record else nullcontext() as store:
+                output = pipe(
+                    prompt,
+                    negative_prompt=options.negative_prompt or None,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance_scale,
+                    height=options.height,
+                    width=options.width,
+                    generator=generator,
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"] + list(branch or {}),
+                    output_type="np",
+                )
         finally:
             hook.remove()
         stats.total_s = time.perf_counter() - started
         stats.stopped_by = stats.stopped_by or "done"
-        return _result(output.images[0], stats)
+        return _result(output.images[0], stats, trace)
+
+    def _branch_conditioning(self, pipe, options: RenderOptions, guided: bool, prompt: str) -> dict:
+        """The branch's conditioning as the pipeline's step callback takes it (SDXL: with its pooled text)."""
+        height = options.height or self.native_size
+        width = options.width or self.native_size
+        embeds, added = encode_prompt(pipe, options.branch.prompt or prompt, options.negative_prompt, guided, height, width,
+                                      pipe.unet.device)
+        return {"prompt_embeds": embeds} | ({"add_text_embeds": added["text_embeds"]} if added else {})
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> Image.Image:
@@ -331,11 +423,11 @@ class ImageGenerator:
         return decode_latents(self.pipe.vae if self.preview_decoder is None else self.preview_decoder, latents)
 
 
-def _result(array: np.ndarray, stats: RenderStats) -> RenderResult:
+def _result(array: np.ndarray, stats: RenderStats, trace: RenderTrace | None = None) -> RenderResult:
     """The final picture from the decoded array (H, W, 3) in [0, 1], checked for NaN and blankness."""
     warnings = check_output(array)
     image = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
-    return RenderResult(image=image, stats=stats, warnings=warnings)
+    return RenderResult(image=image, stats=stats, warnings=warnings, trace=trace)
 
 
 def check_output(array: np.ndarray) -> list[str]:
