@@ -27,13 +27,14 @@ from PIL import Image
 
 from .compare import merge_streams
 from .engines import streaming_engines, two_by_two_engines
-from .errors import InputError, check_prompt
+from .errors import InputError, check_number, check_prompt
 from .models import load_diffusion
 from .presets import Preset
-from .words.captions import Captioner
+from .replay import Recording
+from .words.captions import END, CaptionFrame, Captioner
 from .world.draw import IMAGE_SIZE
-from .worlds.diffusion import RenderOptions, RenderResult
-from .worlds.painter import Painter
+from .worlds.diffusion import RenderOptions, RenderResult, validate_branch
+from .worlds.painter import PaintFrame, Painter
 from .worlds.repaint import parse_region, repaint_stream
 
 LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token", "worlds_denoising")
@@ -57,7 +58,8 @@ def _check_lengths(preset: Preset, *prompts: str) -> None:
 def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, should_stop=None,
                    line_updates: bool = False) -> Iterator[tuple[str, object]]:
     """All four lanes on one prompt. The painter and the diffusion model take the same seed
-    (`render_options.seed`); the painter is greedy, so its seed matters only when it samples."""
+    (`render_options.seed`); the painter is greedy, so its seed matters only when it samples.
+    With `render_options.record`, the diffusion model keeps every step (a `Recording` can replay the run)."""
     prompt = check_prompt(prompt)
     _check_lengths(preset, prompt)
     lanes = two_by_two_engines(preset)
@@ -72,6 +74,55 @@ def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, s
             prompt=prompt, seed=render_options.seed, should_stop=stopped, **live),
         "worlds_denoising": lambda stopped: worlds.stream(prompt, render_options, should_stop=stopped, **live),
     }, should_stop)
+
+
+def recording_of(prompt: str, render_options: RenderOptions, finals: dict[str, object]) -> Recording | None:
+    """The run as a Recording, from each lane's last item; None if a lane did not finish (stopped)."""
+    captions = {lane.removeprefix("words_"): finals.get(lane) for lane in ("words_next_token", "words_masked_diffusion")}
+    painted, rendered = finals.get("worlds_next_token"), finals.get("worlds_denoising")
+    if not (all(isinstance(f, CaptionFrame) and f.done for f in captions.values())
+            and isinstance(painted, PaintFrame) and painted.done
+            and isinstance(rendered, RenderResult) and rendered.trace is not None
+            and rendered.stats.stopped_by == "done"):
+        return None
+    return Recording(prompt, render_options, captions, list(painted.codes), rendered)
+
+
+def caption_words(frame: CaptionFrame) -> list[str]:
+    """The caption's words, up to its end."""
+    words = []
+    for word in frame.words:
+        if word is None or word == END:
+            break
+        words.append(word)
+    return words
+
+
+def branch_text(preset: Preset, prompt: str, caption: list[str], position, word: str,
+                should_stop=None) -> Iterator[CaptionFrame]:
+    """Rewind the next-token caption `caption` (written for `prompt`) to word `position` (0-based), write `word`
+    there instead, and let the model continue from it. Checked before any model work."""
+    if not caption:
+        raise InputError("the caption is empty: there is no word to branch from")
+    position = check_number("position", position, int, 0, len(caption) - 1)
+    if not isinstance(word, str) or not word.strip() or len(word.split()) != 1 or word.strip() == END:
+        raise InputError("word must be one word of the shapes world (e.g. green, square, top)")
+    writer = Captioner.load(preset, "next_token")
+    template = " ".join([*caption[:position], word.strip().lower(), "___"])
+    writer.parse_blanks(template)  # an unknown word, or a caption too long, refused here
+    engine = two_by_two_engines(preset)["words_next_token"]
+    yield from engine.stream(prompt=prompt, blanks=template, should_stop=should_stop or (lambda: False))
+
+
+def branch_image(preset: Preset, prompt: str, render_options: RenderOptions, at_step, new_prompt: str = "",
+                 new_seed=None, should_stop=None) -> Iterator:
+    """The render of `prompt` with `render_options`, rewound to step `at_step` and continued from that latent
+    with `new_prompt` or `new_seed`: the first `at_step` steps are the original's (the seeded run repeats
+    them exactly), the rest follow the change. Checked before any model work."""
+    prompt = check_prompt(prompt)
+    branch = validate_branch(render_options, at_step, new_prompt, new_seed, prompt)
+    _, worlds = streaming_engines(preset)
+    yield from worlds.stream(prompt, replace(render_options, record=False, branch=branch), should_stop=should_stop)
 
 
 def fill_blanks(preset: Preset, blanks: str, prompt: str = "", should_stop=None) -> Iterator[tuple[str, object]]:

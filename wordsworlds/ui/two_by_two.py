@@ -13,12 +13,14 @@ from ..engines import streaming_engines, two_by_two_engines
 from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
+from ..replay import RunStore
 from ..serving import InLine
 from ..words.captions import BLANK, END, CaptionFrame
 from ..worlds.diffusion import MAX_STEPS, SCHEDULERS, RenderResult, StepFrame, validate_render_options
 from ..worlds.painter import PaintFrame
 from ..worlds.repaint import RepaintFrame
 from .common import Pace, format_seconds, scroll_into_view, user_errors
+from .replay import Replay
 
 EXAMPLE_BLANKS = "a ___ blue ___ on the right"
 EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
@@ -90,6 +92,7 @@ class TwoByTwo:
 
     def __init__(self, preset: Preset):
         self.preset = preset
+        self.runs = RunStore()  # the finished runs, for replays and branches (ui/replay.py)
 
     @on_gpu(duration=120)
     def two_by_two(self, prompt: str, steps: int = 20, guidance_scale: float = 5.0, seed: int = 0,
@@ -106,21 +109,29 @@ class TwoByTwo:
 
         Returns:
             Per lane its output and meter: next-token words, masked-diffusion words, next-token picture,
-            denoising picture.
+            denoising picture; then the run's id for `replay`, `play`, `branch_text` and `branch_image`
+            (empty until every lane has finished).
         """
         with user_errors():
             prompt = check_prompt(prompt)
-            options = validate_render_options(steps, guidance_scale, "", seed, scheduler)
+            options = validate_render_options(steps, guidance_scale, "", seed, scheduler, record=True)
             view = {lane: None for lane in library.LANES} | {f"{lane}_meter": "" for lane in library.LANES}
             pace = Pace(*streaming_engines(self.preset), *two_by_two_engines(self.preset).values())
+            finals = {}
+            run_id = ""
 
             def outputs():
-                return tuple(view[key] for lane in library.LANES for key in (lane, f"{lane}_meter"))
+                return (*(view[key] for lane in library.LANES for key in (lane, f"{lane}_meter")), run_id)
 
             for lane, item in library.run_two_by_two(self.preset, prompt, options, line_updates=True):
+                if not isinstance(item, InLine):
+                    finals[lane] = item
                 final = self._show(view, lane, item, options.steps)
                 if final or isinstance(item, InLine) or pace.due():
                     yield outputs()
+            recording = library.recording_of(prompt, options, finals)
+            if recording is not None:
+                run_id = self.runs.add(recording)
             yield outputs()
 
     def _show(self, view: dict, lane: str, item, total_steps: int, given=None) -> bool:
@@ -250,10 +261,12 @@ class TwoByTwo:
                 worlds_dn = gr.Image(label="Picture, denoising", show_label=False, type="pil", height=170,
                                      buttons=[], elem_classes="ww-pixels", elem_id="ww-lane-worlds-denoising")
                 worlds_dn_meter = gr.Markdown(label="Compute meter (picture, denoising)", elem_classes="ww-meter", elem_id="ww-meter-worlds-denoising")
+        run_id = gr.Textbox(label="Run id", visible=False, elem_id="ww-run-id")
         gr.Markdown("<small>A controlled comparison: the two words lanes are one small BERT (0.8M parameters) trained on "
                     "the same batches with the same tokenizer, causal attention and next-word loss on the left, full "
                     "attention and unmasking loss on the right. The two picture lanes decode with the same VAE.</small>",
                     elem_classes="ww-caption")
+        Replay(self.preset, self.runs).build(run_id)
         with gr.Accordion("What only one process can do", open=False, elem_id="ww-only-one"):
             gr.Markdown("**Fill in the blanks** (words): each `___` is one word. Masked diffusion fills them where "
                         "they are; a left-to-right model can only continue from the words before the first blank.")
@@ -295,7 +308,7 @@ class TwoByTwo:
         events = [
             run.click(self.two_by_two, [prompt, steps, guidance_scale, seed, scheduler],
                       [words_nt, words_nt_meter, words_md, words_md_meter, worlds_nt, worlds_nt_meter, worlds_dn,
-                       worlds_dn_meter], concurrency_limit=limit),
+                       worlds_dn_meter, run_id], concurrency_limit=limit),
             fill.click(self.fill_blanks, [blanks, fill_request], [words_nt, words_nt_meter, words_md, words_md_meter],
                        concurrency_limit=limit),
             # One repaint at a time per pair of cores: it runs the inpainting pipeline outside the batch.

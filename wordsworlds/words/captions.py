@@ -46,6 +46,7 @@ from ..world.train_captions import (
 )
 
 BLANK = re.compile(r"^_{2,}$")  # "___" (two or more underscores) is one word to fill
+CANDIDATES = 4  # the words kept per position, for a branch (pick another and continue)
 
 
 @dataclass
@@ -58,6 +59,9 @@ class CaptionFrame:
     fixed: list[bool] = field(default_factory=list)  # given by the blanks template, never written by the model
     seconds: float = 0.0
     done: bool = False
+    passes: list[int | None] = field(default_factory=list)  # per position, the pass that committed it (a replay's order)
+    # per position, the words the model weighed when it committed it, surest first: (word, probability)
+    candidates: list[list[tuple[str, float]]] = field(default_factory=list)
 
     @property
     def caption(self) -> str:
@@ -199,6 +203,8 @@ class CaptionRun:
         self.fixed = [t is not None for t in self.region]
         self.words = [None if t is None else writer.word(t) for t in self.region]
         self.probabilities: list[float | None] = [None] * length
+        self.passes: list[int | None] = [None] * length
+        self.candidates: list[list[tuple[str, float]]] = [[] for _ in range(length)]
         self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
         self.pad = tok.pad_token_id
 
@@ -207,7 +213,17 @@ class CaptionRun:
 
     def frame(self, committed: list[int]) -> CaptionFrame:
         return CaptionFrame(self.writer.process, self.step, list(self.words), list(self.probabilities), committed,
-                            list(self.fixed), time.perf_counter() - self.started, self.done)
+                            list(self.fixed), time.perf_counter() - self.started, self.done, list(self.passes),
+                            [list(c) for c in self.candidates])
+
+    def commit(self, position: int, token: int, probability: float, probs: torch.Tensor) -> None:
+        """Write `token` at `position` at this pass, with the words it was chosen among."""
+        self.region[position] = token
+        self.words[position], self.probabilities[position] = self.writer.word(token), probability
+        self.passes[position] = self.step + 1
+        top = probs.topk(min(CANDIDATES, len(probs)))
+        self.candidates[position] = [(self.writer.word(int(i)), round(float(p), 4))
+                                     for p, i in zip(top.values, top.indices)]
 
 
 class NextTokenRun(CaptionRun):
@@ -236,8 +252,7 @@ class NextTokenRun(CaptionRun):
         position = self.written
         probs = logits[self.writer.prompt_length + position - 1].float().softmax(-1)
         token = int(probs.argmax())
-        self.region[position] = token
-        self.words[position], self.probabilities[position] = self.writer.word(token), float(probs[token])
+        self.commit(position, token, float(probs[token]), probs)
         self.step += 1
         self.done = token == self.writer.tokenizer.eos_token_id or position == self.writer.gen_length - 1
         return self.frame([position])
@@ -281,10 +296,10 @@ class MaskedDiffusionRun(CaptionRun):
                                   threshold=self.threshold, editing_threshold=None,
                                   prompt_mask=torch.tensor(self.fixed))
         committed = out.transfer_index[0].nonzero().flatten().tolist()
+        probs = logits[self.writer.prompt_length:].float().softmax(-1)
         for position in committed:
             token = int(out.prev_sample[0, position])
-            self.region[position] = token
-            self.words[position], self.probabilities[position] = self.writer.word(token), float(out.sampled_probs[0, position])
+            self.commit(position, token, float(out.sampled_probs[0, position]), probs[position])
         self.step += 1
         self.done = all(t is not None for t in self.region)
         return self.frame(committed)

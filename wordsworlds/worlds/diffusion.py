@@ -161,20 +161,21 @@ class StepFrame:
 
 @dataclass
 class RenderTrace:
-    """What a recorded render keeps of every step, for a replay at any pace (replay.py)."""
+    """What a recorded render keeps of every step, for a replay at any pace (replay.py). Arrays, not tensors:
+    a trace crosses from the engine process in a pickle, and torch would share tensors through file handles."""
 
     tokens: list[str]  # the prompt as the text encoder reads it, one entry per attention map
     timesteps: list[float] = field(default_factory=list)
-    noisy: list[torch.Tensor] = field(default_factory=list)  # x_t as the U-Net saw it at each step (c, h, w)
-    x0: list[torch.Tensor] = field(default_factory=list)  # the model's guess of the clean latent at each step
-    attention: list[torch.Tensor | None] = field(default_factory=list)  # (tokens, h, w) per step, None: not kept
+    noisy: list[np.ndarray] = field(default_factory=list)  # x_t as the U-Net saw it at each step (c, h, w), float16
+    x0: list[np.ndarray] = field(default_factory=list)  # the model's guess of the clean latent at each step
+    attention: list[np.ndarray | None] = field(default_factory=list)  # (tokens, h, w) per step; None: not kept
 
     def add(self, t: float, seen: torch.Tensor, x0: torch.Tensor, attention: torch.Tensor | None) -> None:
         self.timesteps.append(float(t))
-        self.noisy.append(seen[-1].detach().to("cpu", torch.float16))
-        self.x0.append(x0[-1].detach().to("cpu", torch.float16))
+        self.noisy.append(seen[-1].detach().to("cpu", torch.float16).numpy())
+        self.x0.append(x0[-1].detach().to("cpu", torch.float16).numpy())
         if attention is not None:  # the context's first token is BOS; keep the prompt's own tokens
-            attention = attention[1:1 + len(self.tokens)].to(torch.float16)
+            attention = attention[1:1 + len(self.tokens)].to(torch.float16).numpy()
         self.attention.append(attention)
 
 
