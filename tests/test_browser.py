@@ -405,3 +405,57 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
     assert too_big.status_code == 413 and "16" in too_big.text  # Gradio's upload limit, set by ui/serve.py
     event, data = call_api(live_url, "render_image", f'[{P}, 2, 5.0, "", 0, "ddim"]')
     assert event == "complete" and "U-Net evaluations" in data  # still answering normally
+
+
+@pytest.mark.parametrize("size, viewport", BOTH_SIZES)
+def test_replay_pause_on_a_step_see_a_words_attention_and_branch_words_and_picture(browser, live_url, size, viewport):
+    """The speaker's path: run, pause on step 5, scrub, the attention of "red" over the red circle (on the
+    left), branch the words at word 3 and the picture at step 8, each beside the original."""
+    page = open_page(browser, live_url, viewport)
+    page.get_by_role("button", name="Run all four").click()
+    replay = page.locator("#ww-replay")
+    about = page.locator("#ww-replay-about")
+    wait_for_text(about, "Step 64", timeout_s=90)  # the run is kept and shown at its end (the painter's 64 tokens)
+    step_box = page.locator("#ww-replay-step input[type=number]")
+    for step in ("12", "5"):  # scrub forward and back, then pause on step 5
+        step_box.fill(step)
+        step_box.press("Enter")
+        wait_for_text(about, f"Step {step}")
+    assert "denoising **step 5**" not in about.inner_text() and "step 5 of 20" in about.inner_text()
+    assert "red" in page.locator("#ww-replay-token input").input_value()
+    page.wait_for_timeout(800)
+    for view in ("painter", "x0", "noisy", "attention"):
+        assert page.locator(f"#ww-replay-{view} img").count() == 1, view
+    # Which pixels did "red" paint: its attention falls on the left half, where the red circle is.
+    heat = page.evaluate("""async () => {
+        const img = document.querySelector('#ww-replay-attention img');
+        const bitmap = await createImageBitmap(await (await fetch(img.src)).blob());
+        const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+        const ctx = canvas.getContext('2d'); ctx.drawImage(bitmap, 0, 0);
+        const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+        let left = 0, right = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            const x = (i / 4) % bitmap.width;
+            const orange = data[i] - data[i + 2];  // the overlay is orange: red minus blue
+            if (x < bitmap.width / 2) left += orange; else right += orange;
+        }
+        return [left, right];
+    }""")
+    assert heat[0] > 1.5 * heat[1], heat
+    shoot(page, f"replay_{size}", "ww-replay")
+    # Branch the words at the third word ("red"): click it, take the first other candidate.
+    page.locator("#ww-replay-words-next-token .token").nth(2).click()
+    page.wait_for_timeout(800)
+    page.get_by_role("button", name="Branch the words").click()
+    wait_for_text(replay, "written again", timeout_s=60)
+    after = [t.strip() for t in page.locator("#ww-branch-words-after .token").all_inner_texts()]
+    assert after[:2] == ["a", "large"] and after[2] in ("green", "blue", "yellow", "purple", "orange"), after
+    # Branch the picture at step 8 with the new prompt: a yellow triangle instead of the red circle.
+    page.get_by_role("button", name="Branch the picture").click()
+    wait_for_text(replay, "the rest follow the change", timeout_s=60)
+    page.wait_for_timeout(500)
+    assert page.locator("#ww-branch-picture-after img").count() == 1
+    assert_clean(page)
+    assert page.errors == []
+    shoot(page, f"branch_{size}", "ww-branch-words")
+    page.close()

@@ -18,14 +18,15 @@ from ..gpu import on_gpu
 from ..models import load_diffusion
 from ..presets import Preset
 from ..replay import NEW, Recording, RunStore
-from ..world.scene import COLOURS, FUNCTION_WORDS
+from ..world.scene import COLOURS, FUNCTION_WORDS, POSITIONS, SHAPES, SIZES
 from ..words.captions import CaptionFrame
 from ..worlds.diffusion import MAX_STEPS, RenderResult, StepFrame, decode_latents
 from ..worlds.painter import Painter
 from .common import format_seconds, user_errors
 
 EXAMPLE_BRANCH_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
-SLOW_S = (0.05, 3.0)  # the slow-motion replay's seconds per step, least and most
+SLOW_S = (0.05, 3.0)
+WORD_KINDS = (COLOURS, SHAPES, SIZES, POSITIONS)  # the slow-motion replay's seconds per step, least and most
 CHANGE_COLOURS = {NEW: "#e600a0"}
 REPLACED, CHOSEN, REWRITTEN = "replaced", "chosen instead", "written again"
 BRANCH_COLOURS = {REPLACED: "#9ca3af", CHOSEN: "#f59e0b", REWRITTEN: "#e600a0"}
@@ -184,9 +185,15 @@ class Replay:
             position = check_number("position", position, int, 0, max(len(words) - 1, 0))
         except InputError:
             return gr.Dropdown(choices=[], value=None)
-        options = [(f"{w} ({p:.0%})", w) for w, p in frame.candidates[position] if w in self._vocabulary()]
+        vocabulary = self._vocabulary()
+        options = [(f"{w} ({p:.0%})", w) for w, p in frame.candidates[position] if w in vocabulary]
+        # The model is usually sure of its word: offer the other words of the same kind too (a colour for a colour).
+        kind = next((k for k in WORD_KINDS if words[position] in k), ())
+        listed = {value for _, value in options}
+        options += [(w, w) for w in kind if w not in listed and w in vocabulary]
         others = [value for _, value in options if value != words[position]]
-        return gr.Dropdown(choices=options, value=others[0] if others else None)
+        default = next((w for w in others if w in kind), others[0] if others else None)
+        return gr.Dropdown(choices=options, value=default)
 
     def _vocabulary(self) -> set[str]:
         from ..words.captions import Captioner
@@ -218,10 +225,10 @@ class Replay:
                                     visible=False)
             about = gr.Markdown(elem_classes="ww-meter", elem_id="ww-replay-about")
             with gr.Row(equal_height=False, elem_classes="ww-lanes"):
-                words_nt = gr.HighlightedText(label="Words, next-token (click a word to branch)", show_legend=False,
+                words_nt = gr.HighlightedText(show_inline_category=False, label="Words, next-token (click a word to branch)", show_legend=False,
                                               combine_adjacent=False, color_map=CHANGE_COLOURS,
                                               elem_id="ww-replay-words-next-token", elem_classes="ww-words")
-                words_md = gr.HighlightedText(label="Words, masked diffusion", show_legend=False, combine_adjacent=False,
+                words_md = gr.HighlightedText(show_inline_category=False, label="Words, masked diffusion", show_legend=False, combine_adjacent=False,
                                               color_map=CHANGE_COLOURS, elem_id="ww-replay-words-masked-diffusion",
                                               elem_classes="ww-words")
             with gr.Row(equal_height=False, elem_classes="ww-lanes ww-images ww-replay-pictures"):
@@ -240,9 +247,9 @@ class Replay:
                     word = gr.Dropdown(choices=[], label="Instead", allow_custom_value=True, min_width=120)
                     branch_words = gr.Button("Branch the words", min_width=120, elem_id="ww-branch-words")
                 with gr.Row(equal_height=False, elem_classes="ww-lanes"):
-                    words_before = gr.HighlightedText(label="Original", show_legend=False, combine_adjacent=False,
+                    words_before = gr.HighlightedText(show_inline_category=False, label="Original", show_legend=False, combine_adjacent=False,
                                                       color_map=BRANCH_COLOURS, elem_classes="ww-words")
-                    words_after = gr.HighlightedText(label="Branch", show_legend=True, combine_adjacent=False,
+                    words_after = gr.HighlightedText(show_inline_category=False, label="Branch", show_legend=True, combine_adjacent=False,
                                                      color_map=BRANCH_COLOURS, elem_classes="ww-words",
                                                      elem_id="ww-branch-words-after")
                 words_meter = gr.Markdown(elem_classes="ww-meter")
