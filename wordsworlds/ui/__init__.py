@@ -46,6 +46,9 @@ footer {display: none !important}
   .tab-wrapper button {padding-left: 8px !important; padding-right: 8px !important; font-size: 14px !important}
   .ww-words .textfield {font-size: 13px}
   .ww-run-row {flex-wrap: nowrap !important}
+  /* The replay's four pictures: two by two. */
+  .ww-replay-pictures {flex-direction: row !important; flex-wrap: wrap !important}
+  .ww-replay-pictures > * {flex: 1 1 40% !important; min-width: 40% !important}
 }
 """
 

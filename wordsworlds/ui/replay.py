@@ -216,11 +216,12 @@ class Replay:
             gr.Markdown("Every run is kept: step through all four lanes together, pause anywhere, replay in slow "
                         "motion, see which pixels each word painted, and change the course of a run.",
                         elem_classes="ww-caption")
-            with gr.Row(equal_height=False, elem_classes="ww-run-row"):
+            with gr.Row(equal_height=False):
                 # The widest a run can be (its longest lane: up to 100 denoising steps); each run narrows it.
                 step = gr.Slider(0, MAX_STEPS, value=0, step=1, label="Step", scale=4, min_width=200, elem_id="ww-replay-step")
-                play = gr.Button("▶ Slow motion", scale=1, min_width=110, elem_id="ww-replay-play")
-                pause = gr.Button("❚❚ Pause", scale=1, min_width=80, elem_id="ww-replay-pause")
+                with gr.Row(equal_height=False, elem_classes="ww-run-row", scale=2):
+                    play = gr.Button("▶ Slow motion", min_width=110, elem_id="ww-replay-play")
+                    pause = gr.Button("❚❚ Pause", min_width=80, elem_id="ww-replay-pause")
                 seconds = gr.Slider(*SLOW_S, value=0.4, step=0.05, label="Seconds per step", scale=1, min_width=120,
                                     visible=False)
             about = gr.Markdown(elem_classes="ww-meter", elem_id="ww-replay-about")
@@ -231,12 +232,17 @@ class Replay:
                 words_md = gr.HighlightedText(show_inline_category=False, label="Words, masked diffusion", show_legend=False, combine_adjacent=False,
                                               color_map=CHANGE_COLOURS, elem_id="ww-replay-words-masked-diffusion",
                                               elem_classes="ww-words")
-            with gr.Row(equal_height=False, elem_classes="ww-lanes ww-images ww-replay-pictures"):
-                picture = dict(type="pil", height=150, buttons=[], elem_classes="ww-pixels", min_width=110)
-                painter = gr.Image(label="Painter (next-token)", elem_id="ww-replay-painter", **picture)
-                denoised = gr.Image(label="Denoising: x0 guess", elem_id="ww-replay-x0", **picture)
-                noisy = gr.Image(label="Denoising: noisy x_t", elem_id="ww-replay-noisy", **picture)
-                attention = gr.Image(label="Where the word looks", elem_id="ww-replay-attention", **picture)
+            # Four pictures in a row on a desktop, two by two on a phone (each keeps 150 px).
+            with gr.Row(equal_height=False, elem_classes="ww-lanes ww-replay-pictures"):
+                picture = dict(type="pil", height=150, buttons=[], elem_classes="ww-pixels", min_width=150)
+                painter = gr.Image(label="Painter", elem_id="ww-replay-painter", **picture)
+                denoised = gr.Image(label="x0 guess", elem_id="ww-replay-x0", **picture)
+                noisy = gr.Image(label="Noisy x_t", elem_id="ww-replay-noisy", **picture)
+                attention = gr.Image(label="Attention", elem_id="ww-replay-attention", **picture)
+            gr.Markdown("<small>Painter: its canvas after this step, the token just written outlined. x0 guess: the "
+                        "denoiser's guess of the finished picture, pink where this step changed it. Noisy x_t: the "
+                        "latent the U-Net was given at this step, decoded to pixels. Attention: where the word below "
+                        "acts on the picture at this step.</small>", elem_classes="ww-caption ww-more")
             token = gr.Dropdown(choices=[], label="Which pixels did this word paint? (cross-attention at this step)",
                                 allow_custom_value=True, elem_id="ww-replay-token")
             with gr.Group():
