@@ -2,7 +2,9 @@
 
     python -m wordsworlds text "Once upon a time" --max-new-tokens 20 --json
     python -m wordsworlds render "a large red circle on the left" --steps 20 --out red.png
+    python -m wordsworlds render "a large red circle on the left" --branch-at 8 --branch-prompt "a yellow triangle on the left"
     python -m wordsworlds two-by-two "a large red circle on the left" --out four/
+    python -m wordsworlds caption "a large red circle on the left" --branch-at 2 --branch-word green
     python -m wordsworlds fill-blanks "a ___ red ___ on the left" [--prompt "..."]
     python -m wordsworlds repaint "a red circle on the left" "a yellow triangle on the left" --region left
     python -m wordsworlds embed dog puppy banana car --space minilm --space clip_text
@@ -38,13 +40,13 @@ from .models import (
 from .presets import PRESETS, Preset, from_environment
 from .words.next_token import TextGenerator, TextResult, validate_options
 from .world import evaluate as world_evaluate
-from .two_by_two import Before, fill_blanks, repaint, run_two_by_two
-from .words.captions import CaptionFrame
+from .two_by_two import Before, branch_text, caption_words, fill_blanks, repaint, run_two_by_two
+from .words.captions import CaptionFrame, Captioner
 from .world.train import WEIGHTS_DIR, TrainConfig, train
 from .world.train_captions import CAPTIONS_DIR, CaptionTrainConfig, train_captions
 from .world.train_painter import PAINTER_DIR, PainterTrainConfig, train_painter
 from .worlds.diffusion import (
-    SCHEDULERS, ImageGenerator, RenderResult, StepFrame, pipeline_with_scheduler, validate_render_options,
+    SCHEDULERS, ImageGenerator, RenderResult, StepFrame, pipeline_with_scheduler, validate_branch, validate_render_options,
 )
 from .worlds.painter import PaintFrame
 from .worlds.repaint import RepaintFrame
@@ -76,6 +78,9 @@ def cmd_render(args, preset: Preset) -> int:
         recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         args.negative_prompt, args.seed, args.scheduler or recipe.scheduler, args.height, args.width,
         previews=bool(args.frames))
+    if args.branch_at is not None:  # rewind to that step and continue with another prompt or seed
+        options = replace(options, branch=validate_branch(options, args.branch_at, args.branch_prompt or "",
+                                                          args.branch_seed, prompt))
     if args.frames:
         Path(args.frames).mkdir(parents=True, exist_ok=True)
     for item in ImageGenerator.load(preset).stream(prompt, options):
@@ -94,6 +99,21 @@ def cmd_render(args, preset: Preset) -> int:
             stats = item.stats
             print(f"{args.out}: {stats.steps} steps, {stats.unet_evaluations} U-Net evaluations, "
                   f"{stats.mean_step_s * 1000:.1f} ms/step, {stats.total_s:.2f} s")
+    return 0
+
+
+def cmd_caption(args, preset: Preset) -> int:
+    """The next-token caption writer on one prompt; with --branch-at, rewound to that word and continued
+    from --branch-word."""
+    prompt = check_prompt(args.prompt)
+    preset = in_this_process(preset)
+    original = caption_words(Captioner.load(preset, "next_token").write(prompt))
+    if args.branch_at is None:
+        print(" ".join(original))
+        return 0
+    *_, frame = branch_text(preset, prompt, original, args.branch_at, args.branch_word or "")
+    print(" ".join(caption_words(frame)))
+    print(f"(the original: {' '.join(original)})", file=sys.stderr)
     return 0
 
 
@@ -334,7 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--out", default="render.png")
     p.add_argument("--frames", help="folder for every step's noisy-latent and x0 previews")
+    p.add_argument("--branch-at", type=int, help="keep this many steps of the render, then follow --branch-prompt "
+                                                 "or --branch-seed from that latent")
+    p.add_argument("--branch-prompt", help="the prompt the rest of the steps follow")
+    p.add_argument("--branch-seed", type=int, help="the noise still to draw (stochastic samplers only)")
     p.add_argument("--json", action="store_true")
+
+    p = command("caption", cmd_caption, "write the scene's caption left to right (the two-by-two's next-token words)")
+    p.add_argument("prompt")
+    p.add_argument("--branch-at", type=int, help="rewind to this word (0 = the first) and write --branch-word there")
+    p.add_argument("--branch-word", help="the word to write instead; the model continues from it")
 
     p = command("embed", cmd_embed, "place words in meaning and appearance spaces and compare them")
     p.add_argument("words", nargs="+", help="words or quoted phrases (commas also separate)")
