@@ -352,6 +352,13 @@ HOSTILE = {
     "repaint": [f'[{P}, {P}, "nowhere", 4, 5.0, 0, "ddim"]', f'[{P}, {P}, "60,60,10,10", 4, 5.0, 0, "ddim"]',
                 f'[{P}, {P}, "left", NaN, 5.0, 0, "ddim"]', f'[{P}, "", "left", 4, 5.0, 0, "ddim"]',
                 f'[{P}, {P}, "-1,0,4,4", 4, 5.0, 0, "ddim"]', f'[{P}, {P}, null, 4, 5.0, 0, "ddim"]'],
+    # The replay endpoints: a run that was never kept, a traversal as a run id, wrong types, NaN steps.
+    "replay": ['["nope", 5, null]', '["../../etc/passwd", 5, null]', '[null, 5, null]', '["x", NaN, null]',
+               '["x", 5, "' + "t" * 100_000 + '"]', '[["x"], 5, null]'],
+    "play": ['["nope", 0, null, 0.4]', '["x", 0, null, NaN]', '["x", 0, null, 1e9]'],
+    "branch_text": ['["nope", 2, "green"]', '["x", NaN, "green"]', '["x", 2, null]', '["x", 2, "' + "g" * 100_000 + '"]'],
+    "branch_image": [f'["nope", 8, {P}, null]', f'["x", NaN, {P}, null]', '["x", 8, "' + "p" * 100_000 + '", null]',
+                     f'["x", 8, {P}, -1]'],
     "compare": [f'[{P}, 4, 0, 0, 1, 4, 5.0, "", NaN, "ddim"]', '["' + "y" * 3000 + '", 4, 0, 0, 1, 4, 5.0, "", 0, "ddim"]'],
     "run_hybrid": [f"[{P}, 0, true, true, 10, 5.0, 0]", f"[{P}, 1, true, true, 10, 5.0, NaN]",
                    f"[{P}, 1, true, true, 10, 1e9, 0]", '["' + "z" * 100_000 + '", 1, true, true, 10, 5.0, 0]'],

@@ -224,7 +224,7 @@ class Replay:
                     pause = gr.Button("❚❚ Pause", min_width=80, elem_id="ww-replay-pause")
                 seconds = gr.Slider(*SLOW_S, value=0.4, step=0.05, label="Seconds per step", scale=1, min_width=120,
                                     visible=False)
-            about = gr.Markdown(elem_classes="ww-meter", elem_id="ww-replay-about")
+            about = gr.Markdown(label="What each lane did at this step", elem_classes="ww-meter", elem_id="ww-replay-about")
             with gr.Row(equal_height=False, elem_classes="ww-lanes"):
                 words_nt = gr.HighlightedText(show_inline_category=False, label="Words, next-token (click a word to branch)", show_legend=False,
                                               combine_adjacent=False, color_map=CHANGE_COLOURS,
@@ -258,7 +258,7 @@ class Replay:
                     words_after = gr.HighlightedText(show_inline_category=False, label="Branch", show_legend=True, combine_adjacent=False,
                                                      color_map=BRANCH_COLOURS, elem_classes="ww-words",
                                                      elem_id="ww-branch-words-after")
-                words_meter = gr.Markdown(elem_classes="ww-meter")
+                words_meter = gr.Markdown(label="Compute meter (branched words)", elem_classes="ww-meter")
             with gr.Group():
                 gr.Markdown("**Branch the picture**: keep the first steps of the render, then follow another prompt "
                             "(or seed) from that latent.", elem_classes="ww-caption")
@@ -271,7 +271,7 @@ class Replay:
                     image_before = gr.Image(label="Original", **picture)
                     image_after = gr.Image(label="Branch", elem_id="ww-branch-picture-after",
                                            **(picture | {"elem_classes": "ww-pixels"}))
-                picture_meter = gr.Markdown(elem_classes="ww-meter")
+                picture_meter = gr.Markdown(label="Compute meter (branched picture)", elem_classes="ww-meter")
 
         views = [words_nt, words_md, painter, denoised, noisy, attention, about]
         kept = run_id.change(self.after_run, run_id, [step, token, *views], api_visibility="private")
