@@ -6,14 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from wordsworlds.errors import InputError
 from wordsworlds.replay import NEW, RunStore, words_at
 from wordsworlds.two_by_two import branch_image, branch_text, caption_words, recording_of, run_two_by_two
-from wordsworlds.worlds.diffusion import ImageGenerator, validate_branch, validate_render_options
+from wordsworlds.worlds.diffusion import ImageGenerator, decode_latents, validate_branch, validate_render_options
 from wordsworlds.worlds.painter import Painter
-from wordsworlds.worlds.diffusion import decode_latents
 
 from conftest import TINY, run_cli
 from test_two_by_two import alone, in_this_process
@@ -112,6 +110,9 @@ def test_a_replay_shows_every_lane_at_one_step_with_what_changed(recording):
     first = np.asarray(recording.view_at(1, decode, canvases).noisy, np.float32)
     last = np.asarray(recording.view_at(20, decode, canvases).noisy, np.float32)
     assert np.abs(last - final).mean() < 0.5 * np.abs(first - final).mean()
+    # Before the first step: the starting noise in pixels, beside an empty (grey) guess.
+    start = recording.view_at(0, decode, canvases)
+    assert np.asarray(start.noisy).std() > 10 and np.asarray(start.worlds_denoising).std() == 0
     # Past a lane's end, it stays at its end.
     assert recording.view_at(40, decode, canvases).lane_steps["worlds_denoising"] == 20
     for step, token, message in ((65, None, "step must be"), (-1, None, "step must be"), (5, 99, "token must be"),

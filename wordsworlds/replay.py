@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +65,6 @@ class Recording:
     captions: dict[str, CaptionFrame]  # "next_token" / "masked_diffusion": each writer's last frame
     codes: list[int]  # the painter's image tokens, in the order written (raster)
     render: RenderResult  # with its trace (options.record)
-    created: float = field(default_factory=time.time)
     _pictures: dict = field(default_factory=dict, repr=False)  # decoded pictures, by (kind, step)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -134,10 +132,10 @@ class Recording:
         )
 
     def _decoded(self, kind: str, step: int, decode) -> Image.Image:
-        """Step `step`'s x0 guess or x_t as a picture (decoded once); step 0: the starting noise's x_t."""
+        """Step `step`'s x0 guess or x_t as a picture (decoded once); step 0: the starting noise, and no guess yet."""
         trace = self.render.trace
         index = max(step, 1) - 1
-        key = (kind, index) if step else ("start", 0)
+        key = (kind, step)
         with self._lock:
             if key not in self._pictures:
                 if not step and kind == "x0":

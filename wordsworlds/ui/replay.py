@@ -19,7 +19,7 @@ from ..models import load_diffusion
 from ..presets import Preset
 from ..replay import NEW, Recording, RunStore
 from ..world.scene import COLOURS, FUNCTION_WORDS, POSITIONS, SHAPES, SIZES
-from ..words.captions import CaptionFrame
+from ..words.captions import CaptionFrame, Captioner
 from ..worlds.diffusion import MAX_STEPS, RenderResult, StepFrame, decode_latents
 from ..worlds.painter import Painter
 from .common import format_seconds, user_errors
@@ -140,10 +140,11 @@ class Replay:
             recording = self.runs.get(run_id)
             original = recording.captions["next_token"]
             words = library.caption_words(original)
-            given = check_number("position", position, int, 0, max(len(words) - 1, 0)) + 1
-            before = [(w, REPLACED if i == given - 1 else None) for i, w in enumerate(words)]
+            before = None
             for frame in library.branch_text(self.preset, recording.prompt, words, position, word):
-                yield (before, caption_chips(frame, given),
+                if before is None:  # the library has checked `position` by its first frame
+                    before = [(w, REPLACED if i == int(position) else None) for i, w in enumerate(words)]
+                yield (before, caption_chips(frame, int(position) + 1),
                        f"**{frame.step}** forward passes · **{format_seconds(frame.seconds)}**"
                        + (" · done: the first words stay as they were, the rest is written again" if frame.done else ""))
 
@@ -196,8 +197,6 @@ class Replay:
         return gr.Dropdown(choices=options, value=default)
 
     def _vocabulary(self) -> set[str]:
-        from ..words.captions import Captioner
-
         return set(Captioner.load(self.preset, "next_token").tokenizer.get_vocab())
 
     def after_run(self, run_id: str):

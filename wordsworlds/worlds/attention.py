@@ -105,10 +105,6 @@ def install(unet) -> bool:
     return True
 
 
-def installed(unet) -> bool:
-    return any(isinstance(p, RecordingProcessor) for p in unet.attn_processors.values())
-
-
 @contextmanager
 def recording(rows: list[int], latent_size: tuple[int, int]):
     """Within: the U-Net calls of this thread add the cross-attention maps of batch rows `rows` to the store."""

@@ -64,7 +64,7 @@ class _Render:
     guided: bool
     index: int = 0  # the next step
     since_decode: int = 1 << 30  # steps since the last full x0 decode (none yet: first in line)
-    branch: tuple | None = None  # (first step of the branch, its embeddings, its added conditioning)
+    branch: tuple | None = None  # the branch's conditioning: (embeddings, added conditioning)
 
 
 class RenderLoop(StepLoop):
@@ -96,8 +96,7 @@ class RenderLoop(StepLoop):
                                 pipe.prepare_extra_step_kwargs(generator, 0.0), guided)
         if job.branch is not None:
             prompt = job.branch.prompt or job.prompt
-            request.state.branch = (job.branch.at_step,
-                                    *encode_prompt(pipe, prompt, job.negative_prompt, guided, height, width, device))
+            request.state.branch = encode_prompt(pipe, prompt, job.negative_prompt, guided, height, width, device)
 
     @torch.inference_mode()
     def step(self, active: list[Request]) -> list[Request]:
@@ -123,7 +122,7 @@ class RenderLoop(StepLoop):
         rows = 0
         for request in group:
             render, scheduler = request.state, request.job.pipe.scheduler
-            if render.branch is not None and render.index == render.branch[0]:
+            if render.branch is not None and render.index == request.job.branch.at_step:
                 switch_to_branch(render, request.job)
             t = render.timesteps[render.index]
             x = scheduler.scale_model_input(torch.cat([render.latents] * (2 if render.guided else 1)), t)
@@ -231,7 +230,7 @@ def encode_prompt(pipe, prompt: str, negative_prompt: str, guided: bool, height:
 def switch_to_branch(render: _Render, job: RenderJob) -> None:
     """From the branch's first step on: its prompt's conditioning, and its seed for the noise still to draw
     (stochastic samplers draw fresh noise at every step; the generator is reseeded in place)."""
-    _, render.embeds, render.added = render.branch
+    render.embeds, render.added = render.branch
     if job.branch.seed is not None and "generator" in render.extra_step_kwargs:
         render.extra_step_kwargs["generator"].manual_seed(job.branch.seed)
 

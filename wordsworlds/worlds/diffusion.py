@@ -165,13 +165,11 @@ class RenderTrace:
     a trace crosses from the engine process in a pickle, and torch would share tensors through file handles."""
 
     tokens: list[str]  # the prompt as the text encoder reads it, one entry per attention map
-    timesteps: list[float] = field(default_factory=list)
     noisy: list[np.ndarray] = field(default_factory=list)  # x_t as the U-Net saw it at each step (c, h, w), float16
     x0: list[np.ndarray] = field(default_factory=list)  # the model's guess of the clean latent at each step
     attention: list[np.ndarray | None] = field(default_factory=list)  # (tokens, h, w) per step; None: not kept
 
-    def add(self, t: float, seen: torch.Tensor, x0: torch.Tensor, attention: torch.Tensor | None) -> None:
-        self.timesteps.append(float(t))
+    def add(self, seen: torch.Tensor, x0: torch.Tensor, attention: torch.Tensor | None) -> None:
         self.noisy.append(seen[-1].detach().to("cpu", torch.float16).numpy())
         self.x0.append(x0[-1].detach().to("cpu", torch.float16).numpy())
         if attention is not None:  # the context's first token is BOS; keep the prompt's own tokens
@@ -288,7 +286,7 @@ class ImageGenerator:
             stats.steps, stats.unet_evaluations = index + 1, stats.unet_evaluations + per_step
             stats.batch_size = max(stats.batch_size, batch)
             if trace is not None:
-                trace.add(t, seen, x0, maps)
+                trace.add(seen, x0, maps)
             return self._frame(index, t, latents, x0 if options.previews else None, x0_picture, options, stats, started)
 
         def on_end(array, reason) -> RenderResult:
@@ -363,7 +361,7 @@ class ImageGenerator:
             decode = last_step or stats.preview_s <= PREVIEW_SHARE * sum(stats.step_times_s)
             if trace is not None:
                 maps = store.take() if store is not None else None
-                trace.add(t, latest["seen"], latest["x0"], None if maps is None else maps[0])
+                trace.add(latest["seen"], latest["x0"], None if maps is None else maps[0])
             x0 = latest.get("x0") if options.previews else None
             began = time.perf_counter()
             picture = self.decode(x0) if decode and x0 is not None else None
