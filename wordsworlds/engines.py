@@ -41,11 +41,13 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
 from .errors import ModelUnavailable
+from .models import JanusModel, load_painter_model
 from .presets import Preset
 from .serving import CAPACITY, InLine, Request, RoomFull
 from .words.captions import Captioner
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
+from .worlds.janus import JanusPainter
 from .worlds.painter import Painter
 
 SMALL_LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token")  # the two-by-two's own engines
@@ -74,7 +76,23 @@ def two_by_two_engines(preset: Preset) -> dict:
 def _small_engines(preset: Preset) -> dict:
     return {"words_next_token": Captioner.load(preset, "next_token"),
             "words_masked_diffusion": Captioner.load(preset, "masked_diffusion"),
-            "worlds_next_token": Painter.load(preset)}
+            "worlds_next_token": load_painter(preset)}
+
+
+_JANUS_PAINTERS: dict[int, JanusPainter] = {}
+_JANUS_LOCK = threading.Lock()
+
+
+def load_painter(preset: Preset) -> Painter | JanusPainter:
+    """The preset's next-token painter: the shapes world's `Painter`, or a `JanusPainter` (worlds/janus.py)
+    where the preset names a Janus model; one per loaded model, so that `running` counts every request."""
+    parts = load_painter_model(preset)
+    if not isinstance(parts, JanusModel):
+        return Painter.load(preset)
+    with _JANUS_LOCK:
+        if id(parts.model) not in _JANUS_PAINTERS:
+            _JANUS_PAINTERS[id(parts.model)] = JanusPainter(parts.model, parts.processor, parts.report)
+        return _JANUS_PAINTERS[id(parts.model)]
 
 
 def served_apart(preset: Preset) -> bool:

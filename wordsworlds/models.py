@@ -410,8 +410,38 @@ class PainterModel:
     report: Report
 
 
-def load_painter_model(preset: Preset) -> PainterModel:
-    return _load_painter_model(preset.painter)
+@dataclass(frozen=True)
+class JanusModel:
+    """A Janus model (transformers' JanusForConditionalGeneration) and its processor: the GPU presets'
+    next-token painter (worlds/janus.py)."""
+
+    model: torch.nn.Module
+    processor: object
+    report: Report
+
+
+def load_painter_model(preset: Preset) -> PainterModel | JanusModel:
+    """The preset's next-token painter: the shapes world's (a folder train_painter wrote) or a Janus model."""
+    from .world.train_painter import LAYOUT_FILE
+
+    if Path(preset.painter, LAYOUT_FILE).exists():
+        return _load_painter_model(preset.painter)
+    return _load_janus(preset.painter, preset.hub_mirror, preset.accel)
+
+
+@once_per_process
+def _load_janus(source: str, mirror: str, accel: Accel) -> JanusModel:
+    from transformers import JanusForConditionalGeneration
+
+    device, note = accel.resolved_device()
+    dtype = accel.llm_dtype()
+    folder = resolve_source(source, mirror)
+    try:
+        processor = AutoProcessor.from_pretrained(folder)
+        model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise _unavailable("painter", source, error) from None
+    return JanusModel(model, processor, Report("next-token painter", source, note or device, NAMES[dtype]))
 
 
 @once_per_process
@@ -447,5 +477,5 @@ def reports(preset: Preset) -> list[Report]:
 def clear_caches() -> None:
     """Forget every loaded model (tests that swap presets)."""
     for loader in (_load_llm, _load_diffusion, _load_sentence_encoder, _load_describer, _load_caption_model,
-                   _load_painter_model):
+                   _load_painter_model, _load_janus):
         loader.cache_clear()

@@ -29,6 +29,9 @@ SHAPES_RECOGNIZER = str(Path(__file__).parent / "world" / "recognizer")
 # The two-by-two's own models, trained here on the shapes world (world/train_captions.py, train_painter.py).
 SHAPES_CAPTIONERS = str(Path(__file__).parent / "world" / "captions")
 SHAPES_PAINTER = str(Path(__file__).parent / "world" / "painter")
+# The GPU presets' next-token painter: a real autoregressive image model in transformers' own format
+# (worlds/janus.py). Too slow for a CPU (576 tokens, each a 1.5B-parameter pass, twice for guidance).
+JANUS_PRO = "deepseek-community/Janus-Pro-1B"
 ROLES = ("llm", "meaning_encoder", "diffusion", "describer", "captioners", "painter")
 DEFAULT_CACHE = str(Path.home() / ".cache" / "wordsworlds")
 
@@ -70,7 +73,7 @@ class Preset:
     hardware: str  # which Space hardware it suits
     base_recipe: Recipe
     captioners: str = SHAPES_CAPTIONERS  # the paired caption writers: <folder>/next_token, <folder>/masked_diffusion
-    painter: str = SHAPES_PAINTER  # the next-token image model (it draws with the shapes world's VAE)
+    painter: str = SHAPES_PAINTER  # the next-token image model: the shapes world's, or a Janus model
     accel: Accel = field(default_factory=Accel)
     hub_mirror: str = ""  # a folder holding Hub ids as <mirror>/<owner>/<name> (offline copies)
     cache_dir: str = DEFAULT_CACHE  # where converted models are kept between starts
@@ -120,6 +123,7 @@ PRESETS = {
         diffusion="stable-diffusion-v1-5/stable-diffusion-v1-5",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space (T4 or better) or ZeroGPU",
+        painter=JANUS_PRO,
         # The talk's snippet runs 50 PNDM steps at guidance 7.5; DPM++ reaches the same in about 25.
         base_recipe=Recipe(25, 7.5, "dpm++"),
     ),
@@ -130,6 +134,7 @@ PRESETS = {
         diffusion="stabilityai/sdxl-turbo",
         describer="HuggingFaceTB/SmolVLM-256M-Instruct",
         hardware="GPU Space with 16 GB or ZeroGPU",
+        painter=JANUS_PRO,
         base_recipe=Recipe(1, 0.0, "euler"),
     ),
 }

@@ -5,7 +5,8 @@
 | words  | `words_next_token`: a causal BERT      | `words_masked_diffusion`: the same BERT    |
 |        | writes the caption left to right       | with full attention unmasks every position |
 | worlds | `worlds_next_token`: a GPT-2 writes    | `worlds_denoising`: the preset's diffusion |
-|        | the picture's 64 image tokens          | model (offline: the miniature SD)          |
+|        | the picture's 64 image tokens (GPU     | model (offline: the miniature SD)          |
+|        | presets: Janus-Pro writes 576)         |                                            |
 
 Each lane streams its own process; `merge_streams` yields (lane, frame) as frames happen.
 Two one-click demonstrations show what only one process can do: `fill_blanks` (words:
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from .compare import merge_streams
-from .engines import streaming_engines, two_by_two_engines
+from .engines import load_painter, streaming_engines, two_by_two_engines
 from .errors import InputError, check_number, check_prompt
 from .models import load_diffusion
 from .presets import Preset
@@ -34,7 +35,7 @@ from .replay import Recording
 from .words.captions import END, CaptionFrame, Captioner
 from .world.draw import IMAGE_SIZE
 from .worlds.diffusion import RenderOptions, RenderResult, validate_branch
-from .worlds.painter import PaintFrame, Painter
+from .worlds.painter import PaintFrame
 from .worlds.repaint import parse_region, repaint_stream
 
 LANES = ("words_next_token", "words_masked_diffusion", "worlds_next_token", "worlds_denoising")
@@ -52,7 +53,7 @@ def _check_lengths(preset: Preset, *prompts: str) -> None:
     for prompt in prompts:
         if prompt:
             Captioner.load(preset, "next_token").encode_prompt(prompt)
-            Painter.load(preset).encode_prompt(prompt)
+            load_painter(preset).encode_prompt(prompt)
 
 
 def run_two_by_two(preset: Preset, prompt: str, render_options: RenderOptions, should_stop=None,
@@ -152,9 +153,9 @@ def repaint(preset: Preset, prompt: str, new_prompt: str, region: str, render_op
     if type(diffusion).__name__ != "StableDiffusionPipeline":
         raise InputError(f"repainting runs on Stable Diffusion 1.x/2.x pipelines; the preset {preset.name!r} "
                          f"has a {type(diffusion).__name__}")
-    painter = Painter.load(preset)
-    painter_region = parse_region(region, painter.vae.config.sample_size)
-    first = min(painter_region.cells(painter.image_tokenizer.grid, painter.vae.config.sample_size))
+    painter = load_painter(preset)
+    painter_region = parse_region(region, painter.picture_size)
+    first = min(painter_region.cells(painter.grid, painter.picture_size))
     lanes = two_by_two_engines(preset)
     _, worlds = streaming_engines(preset)
 

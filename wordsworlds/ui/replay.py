@@ -21,7 +21,7 @@ from ..replay import NEW, Recording, RunStore
 from ..world.scene import COLOURS, FUNCTION_WORDS, POSITIONS, SHAPES, SIZES
 from ..words.captions import CaptionFrame, Captioner
 from ..worlds.diffusion import MAX_STEPS, RenderResult, StepFrame, decode_latents
-from ..worlds.painter import Painter
+from ..engines import load_painter
 from .common import format_seconds, user_errors
 
 EXAMPLE_BRANCH_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
@@ -76,7 +76,7 @@ class Replay:
 
     def _decoders(self):
         vae = load_diffusion(self.preset).pipe.vae
-        return (lambda latents: decode_latents(vae, latents)), Painter.load(self.preset).canvases
+        return (lambda latents: decode_latents(vae, latents)), load_painter(self.preset).canvases
 
     def replay(self, run_id: str, step: int = 0, token: int | None = None):
         """Show every lane of a kept two-by-two run at one step, with what that step changed.

@@ -62,7 +62,8 @@ class Painter:
 
     @classmethod
     def load(cls, preset: Preset) -> "Painter":
-        """The preset's painter (loaded once per process), batched unless the preset says not."""
+        """The preset's painter (loaded once per process), batched unless the preset says not.
+        (engines.load_painter also serves the presets whose painter is a Janus model.)"""
         parts = load_painter_model(preset)
         return cls(parts.model, parts.tokenizer, parts.image_tokenizer, parts.vae, parts.prompt_length,
                    parts.code_offset, parts.report, batching=preset.batched)
@@ -84,6 +85,15 @@ class Painter:
     @property
     def length(self) -> int:
         return self.image_tokenizer.length
+
+    @property
+    def grid(self) -> int:
+        """Cells per side: the picture is written grid x grid tokens, row by row."""
+        return self.image_tokenizer.grid
+
+    @property
+    def picture_size(self) -> int:
+        return self.vae.config.sample_size
 
     @torch.no_grad()
     def encode_picture(self, picture: Image.Image) -> torch.Tensor:
@@ -199,5 +209,6 @@ class PaintRun:
         self.done = index == self.painter.length - 1
         frame = PaintFrame(index - self.prefix + 1, list(self.codes), [index], float(probs[code]), None,
                            time.perf_counter() - self.started, self.done)
-        frame.picture_due = self.done or (index + 1) % self.painter.image_tokenizer.grid == 0
+        frame.picture_due = self.done or (index + 1) % self.painter.grid == 0
         return frame
+
