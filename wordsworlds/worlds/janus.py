@@ -92,7 +92,9 @@ class JanusPainter:
                should_stop: Callable[[], bool] = lambda: False, line_updates: bool = False,
                skip_stale: bool = False) -> Iterator[PaintFrame]:
         """One frame per token (Janus-Pro samples at temperature 1; 0 is greedy), the canvas decoded at
-        the end of every row. `prefix`: image tokens to keep, written first without sampling (a repaint)."""
+        the end of every row. `prefix`: image tokens to keep, written first without sampling (a repaint).
+        `line_updates` and `skip_stale` are taken as `Painter.stream` takes them and change nothing here: each
+        request runs at once, alone, so there is no line to report and every frame is fresh."""
         prompt = check_prompt(prompt)
         seed = check_seed(seed)
         temperature = check_number("temperature", temperature, float, 0, 5)
