@@ -14,6 +14,8 @@ mode, endpoint and N:
   - first output p50/p95: when anything first came back (a place in line counts);
   - done p50/p95, jobs per minute, errors (time-outs included);
   - the server's resident memory: idle before, peak, and after the load.
+Each client first opens the page (the page-load event, in a session of its own), as a phone has before
+anyone presses Run; the clock starts when the room presses Run together.
 `--burst` adds 2 x serving.CAPACITY clients at once at /render_image (the batched modes refuse the
 excess at once with "the room is full"). `--raw` sends the clients over Gradio's plain HTTP API (a
 POST, then its event stream) instead: fifty `gradio_client` clients in one process share the two
@@ -75,7 +77,16 @@ def shows_the_run(endpoint: str, output) -> bool:
         return bool(output[0])
     if endpoint == "/two_by_two":  # any lane's words or picture
         return any(bool(output[i]) for i in (0, 2, 4, 6))
-    return (isinstance(output[0], list) and bool(output[0])) or bool(output[3])  # tokens, or x_t
+    # Tokens, or a picture (x_t comes first). Over the plain HTTP API the outputs include the handler's
+    # gr.State (as null), over gradio_client they do not: look for a picture rather than count places.
+    return (isinstance(output[0], list) and bool(output[0])) or any(is_picture(o) for o in output[1:])
+
+
+def is_picture(output) -> bool:
+    """A picture as the API sends it: a file's payload, or (gradio_client) its path."""
+    if isinstance(output, dict):
+        return bool(output.get("url") or output.get("path"))
+    return isinstance(output, str) and output.lower().endswith((".png", ".webp", ".jpg", ".jpeg"))
 
 
 def one_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier,
@@ -88,6 +99,8 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
             # make this one process, standing in for fifty phones, the busiest on the machine.
             # A browser waits for the server's answer to its join; gradio_client gives up after httpx's 5 s.
             client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": JOIN_TIMEOUT_S})
+            with httpx.Client(timeout=JOIN_TIMEOUT_S) as http:
+                open_page(http, url, client.session_hash)
     except Exception as error:  # noqa: BLE001  (counted and reported)
         client = error
     together.wait()
@@ -123,17 +136,30 @@ def one_client(url: str, endpoint: str, index: int, rows: list, together: thread
 def raw_client(url: str, endpoint: str, index: int, rows: list, together: threading.Barrier,
                connecting: threading.Semaphore) -> None:
     """As one_client, but over Gradio's plain HTTP API (a POST, then its event stream), a thread blocked on
-    a socket: about as little client work as a phone's, so the figures are the server's."""
+    a socket: about as little client work as a phone's, so the figures are the server's. Each client's HTTP
+    client (and its connection) is made when it opens the page: fifty made at the moment of Run had added
+    about a second, in this process, before the requests left."""
+    http = httpx.Client(timeout=JOIN_TIMEOUT_S)
+    session, failed = f"room{index}", None
+    try:
+        with connecting:
+            open_page(http, url, session)
+    except Exception as error:  # noqa: BLE001  (counted and reported)
+        failed = error
     together.wait()
+    if failed is not None:
+        http.close()
+        rows.append(("error", None, None, 0.0, f"page: {type(failed).__name__}: {failed}"[:100], index, None))
+        return
     started = time.perf_counter()
     first = shown = None
     try:
-        body = json.dumps({"data": list(arguments(endpoint, index))})
+        body = json.dumps({"data": list(arguments(endpoint, index)), "session_hash": session})
         api = f"{url}gradio_api/call{endpoint}"
-        response = httpx.post(api, content=body, headers={"Content-Type": "application/json"}, timeout=JOIN_TIMEOUT_S)
+        response = http.post(api, content=body, headers={"Content-Type": "application/json"})
         response.raise_for_status()
         event = data = None
-        with httpx.stream("GET", f"{api}/{response.json()['event_id']}", timeout=CLIENT_TIMEOUT_S) as stream:
+        with http.stream("GET", f"{api}/{response.json()['event_id']}", timeout=CLIENT_TIMEOUT_S) as stream:
             for line in stream.iter_lines():
                 if line.startswith("event:"):
                     event = line.split(":", 1)[1].strip()
@@ -154,6 +180,22 @@ def raw_client(url: str, endpoint: str, index: int, rows: list, together: thread
         text = f"{type(error).__name__}: {error}"
         kind = "refused" if "room is full" in text.lower() or "queue is full" in text.lower() else "error"
         rows.append((kind, None, None, time.perf_counter() - started, text[:100], index, None))
+    finally:
+        http.close()
+
+
+def open_page(http: httpx.Client, url: str, session: str) -> None:
+    """What a browser does when the page opens: its page-load event, through the queue, in a session of its
+    own. Gradio sets up a session's state (a copy of every component's settings) at its first event; a
+    client whose first event is Run would pay that when the room presses Run, a phone does not."""
+    config = http.get(f"{url}config").json()
+    load = next(d["id"] for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"]))
+    http.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": load, "session_hash": session,
+                                                   "event_data": None, "trigger_id": None}).raise_for_status()
+    with http.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                return
 
 
 def picture_hash(payload) -> str:
@@ -170,7 +212,7 @@ def fingerprint(endpoint: str, result) -> tuple:
     if endpoint in ("/generate_text", "/compare"):
         text = "".join(chunk["token"] for chunk in result[0])
     if endpoint in ("/render_image", "/compare"):
-        path = result[2] if endpoint == "/render_image" else result[5]  # the final picture
+        path = result[2] if endpoint == "/render_image" else result[-3]  # the final picture (then two meters)
         picture = hashlib.sha256(np.asarray(Image.open(io.BytesIO(httpx.get(path["url"]).content))
                                             .convert("RGB")).tobytes()).hexdigest()
     return text, picture
