@@ -57,6 +57,8 @@ def bad_values(component: dict, first_text: bool) -> list:
         values = [HUGE, "a\x00b\x1b[31m", 5] + WRONG_TYPES
         return values + (["", None] if first_text else [])
     if kind in ("dropdown", "radio"):
+        if props.get("allow_custom_value"):  # any text is a value (e.g. the explorer's highlighted word)
+            return [HUGE, "a\x00b\x1b[31m", 99] + WRONG_TYPES
         return ["no such choice", "../../etc/passwd", 99] + WRONG_TYPES
     if kind == "checkboxgroup":
         return [["no such choice"], "minilm", [5]]

@@ -245,3 +245,16 @@ def test_a_huge_upload_is_refused_from_its_header_before_decoding(engine, tmp_pa
     with pytest.raises(InputError, match="not an image this app can read"):
         noise_image(engine.pipe, str(tmp_path / "text.png"), 10)
     assert noise_image(engine.pipe, "examples/images/three_shapes.png", 10).noisy.size == (64, 64)
+
+
+def test_a_huge_prompt_is_refused_before_the_tokens_view_loads_the_model(monkeypatch):
+    import gradio as gr
+
+    from wordsworlds.ui.inside import InsideDiffusion
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the diffusion model loaded for hostile input")
+
+    monkeypatch.setattr(ImageGenerator, "load", no_loading)
+    with pytest.raises(gr.Error, match="100,000 characters"):
+        InsideDiffusion(TINY).diffusion_tokens("x" * 100_000)

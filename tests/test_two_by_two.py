@@ -104,6 +104,17 @@ def test_malformed_blanks_are_refused_before_any_model_work(writers, blanks, mes
         next(writers["masked_diffusion"].stream("", blanks=blanks))
 
 
+def test_huge_blanks_are_refused_before_the_caption_model_loads(monkeypatch):
+    from conftest import TINY
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a caption model loaded for hostile input")
+
+    monkeypatch.setattr(Captioner, "load", no_loading)
+    with pytest.raises(InputError, match="100,000 characters"):
+        next(fill_blanks(TINY, "___ " + "x" * 99_996))
+
+
 def test_a_prompt_too_long_for_the_caption_models_is_refused(writers):
     with pytest.raises(InputError, match="read at most"):
         next(writers["next_token"].stream("red " * 60))

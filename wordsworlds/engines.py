@@ -43,7 +43,7 @@ from pathlib import Path
 from .errors import ModelUnavailable
 from .models import JanusModel, load_painter_model
 from .presets import Preset
-from .serving import CAPACITY, InLine, Request, RoomFull
+from .serving import CAPACITY, InLine, Request, RoomFull, tune_garbage_collector
 from .words.captions import Captioner
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
@@ -308,6 +308,7 @@ def _serve(pipe, preset: Preset) -> None:
         engines = {"words": TextGenerator.load(preset), "worlds": ImageGenerator.load(preset)}
         engines |= _small_engines(preset)
         warm_up_engines(engines)
+        tune_garbage_collector()
     except BaseException as error:  # noqa: BLE001  (the web process raises it where it waits)
         send(("failed", None, _portable(error)))
         return

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .compare import merge_streams
 from .engines import load_painter, streaming_engines, two_by_two_engines
-from .errors import InputError, check_number, check_prompt
+from .errors import MAX_PROMPT_CHARS, InputError, check_number, check_prompt, check_text
 from .models import load_diffusion
 from .presets import Preset
 from .replay import Recording
@@ -134,6 +134,8 @@ def fill_blanks(preset: Preset, blanks: str, prompt: str = "", should_stop=None)
     if prompt:
         prompt = check_prompt(prompt)
         _check_lengths(preset, prompt)
+    if isinstance(blanks, str) and len(blanks) > MAX_PROMPT_CHARS:  # refused before loading the model that parses it
+        check_text(blanks, "blanks")
     Captioner.load(preset, "masked_diffusion").parse_blanks(blanks)  # refused before either lane starts
     lanes = two_by_two_engines(preset)
     yield from merge_streams({

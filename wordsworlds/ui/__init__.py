@@ -16,6 +16,9 @@ from ..engines import engine_process, served_apart
 from ..errors import ModelUnavailable
 from ..models import reports
 from ..presets import Preset
+from ..serving import tune_garbage_collector
+from ..words.captions import Captioner
+from ..worlds.diffusion import ImageGenerator
 from .common import install_atomic_image_cache, quiet_input_errors
 from .explorer import ExplorerTab
 from .hybrid import HybridTab
@@ -90,5 +93,10 @@ def warm_up(preset: Preset) -> None:
     engine process tab 1 streams from (engines.py), which loads its own copies meanwhile."""
     engines = engine_process(preset) if served_apart(preset) else None
     reports(preset)  # every role: the LLM, diffusion, the meaning encoder, the describer
+    # What this process's own handlers use (the noising view, the tokens view, the blanks' parser): on a
+    # first call each took 0.15-0.3 s to set up, and a hostile call waited for that before its refusal.
+    ImageGenerator.load(preset)
+    Captioner.load(preset, "masked_diffusion")
     if engines is not None:
         engines.wait_ready()
+    tune_garbage_collector()

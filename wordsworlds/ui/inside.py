@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..errors import check_prompt
 from ..gpu import on_gpu
 from ..presets import Preset
 from ..worlds.diffusion import ImageGenerator
@@ -26,6 +27,7 @@ class InsideDiffusion:
     def diffusion_tokens(self, prompt: str):
         """How the diffusion text encoder's tokenizer splits the prompt; tokens past its limit are marked cut."""
         with user_errors():
+            prompt = check_prompt(prompt)  # before loading the model
             tokens, limit = tokenize_prompt(ImageGenerator.load(self.preset).pipe.tokenizer, prompt)
         shaded = [(token.replace("</w>", " "), "kept" if i < limit else "cut") for i, token in enumerate(tokens)]
         note = f"**{len(tokens)}** tokens; this text encoder reads at most **{limit}** (plus start and end markers)."
