@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import random
 import secrets
 import signal
 import subprocess
@@ -46,6 +47,7 @@ from .presets import Preset
 from .serving import CAPACITY, InLine, Request, RoomFull, tune_garbage_collector
 from .words.captions import Captioner
 from .words.next_token import DecodingOptions, GenerationStats, TextGenerator
+from .world.scene import caption, random_scene
 from .worlds.diffusion import ImageGenerator, RenderOptions, StepFrame
 from .worlds.janus import JanusPainter
 from .worlds.painter import Painter
@@ -360,9 +362,10 @@ def warm_up_engines(engines: dict) -> None:
     passes are slow (torch picks and prepares its kernels, the words engine caches its chat template's head):
     measured on the 2-core CPU, the words loop's first single prefill took 0.33-0.40 s, against 0.21-0.23 s
     in the next room. Without this the first room, the one the speaker asks to try it, pays that."""
+    scene = caption(random_scene(random.Random(0)))  # a prompt every engine of the world reads
     runs = [engines["words"].stream("Hello.", DecodingOptions(max_new_tokens=2)),
-            engines["worlds"].stream("a red circle", RenderOptions(steps=2))]
-    runs += [engines[lane].stream(prompt="a red circle") for lane in SMALL_LANES]
+            engines["worlds"].stream(scene, RenderOptions(steps=2))]
+    runs += [engines[lane].stream(prompt=scene) for lane in SMALL_LANES]
     for run in runs:
         for _ in run:
             pass
