@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from wordsworlds.serving import InLine, Request, RoomFull, StepLoop
+from wordsworlds.serving import CAPACITY, InLine, Request, RoomFull, StepLoop
 
 SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
           "two green circles", "a purple square at the bottom"]
@@ -259,3 +259,16 @@ def test_a_batched_render_without_previews_decodes_only_its_final_picture():
     assert all(f.x0 is None and not f.x0_decoded for f in frames)
     with_previews = engine.render(SCENES[1], steps=4, seed=7)
     assert np.array_equal(np.asarray(result.image), np.asarray(with_previews.image))
+
+
+def test_the_web_app_runs_every_admitted_request_and_keeps_a_bounded_number_of_sessions():
+    """Gradio's defaults would run 40 jobs at once and keep 10,000 visitors' sessions (each walked by every
+    full garbage collection): the mounted app sets both for a room (ui/serve.py)."""
+    from wordsworlds.ui import build_demo
+    from wordsworlds.ui.serve import MAX_THREADS, SESSIONS_KEPT, create_app
+
+    demo = build_demo(TINY)
+    app = create_app(demo)
+    mounted = [route.app for route in app.routes if hasattr(getattr(route, "app", None), "state_holder")]
+    assert mounted and mounted[0].state_holder.capacity == SESSIONS_KEPT < 10_000
+    assert demo.max_threads == MAX_THREADS >= 2 * CAPACITY
