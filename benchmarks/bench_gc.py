@@ -63,7 +63,7 @@ def one(setting: str, sessions: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=800)
-    parser.add_argument("--one", choices=[v for v in SETTINGS.values()], help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=list(SETTINGS.values()), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         print(one(args.one, args.sessions))

@@ -27,6 +27,7 @@ depend on what else runs: say so beside them.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -186,12 +187,18 @@ def raw_client(url: str, endpoint: str, index: int, rows: list, together: thread
         http.close()
 
 
+@functools.lru_cache
+def page_load_event(url: str) -> int:
+    """The id of the app's page-load event, read once from its config (not once per client)."""
+    config = httpx.get(f"{url}config", timeout=JOIN_TIMEOUT_S).json()
+    return next(d["id"] for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"]))
+
+
 def open_page(http: httpx.Client, url: str, session: str) -> None:
     """What a browser does when the page opens: its page-load event, through the queue, in a session of its
     own. Gradio sets up a session's state (a copy of every component's settings) at its first event; a
     client whose first event is Run would pay that when the room presses Run, a phone does not."""
-    config = http.get(f"{url}config").json()
-    load = next(d["id"] for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"]))
+    load = page_load_event(url)
     http.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": load, "session_hash": session,
                                                    "event_data": None, "trigger_id": None}).raise_for_status()
     with http.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}) as stream:
