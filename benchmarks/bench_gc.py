@@ -3,12 +3,12 @@
     python benchmarks/bench_gc.py [--sessions 800]
 
 Loads the app and its models as `python app.py` does, then for each setting lets N visitors arrive (each a
-Gradio session state, which copies every component's settings, plus a request's worth of short-lived
-objects) and times every collection. While a collection runs no stream moves and no request is answered,
+Gradio session state, plus a request's worth of short-lived objects) and times every collection. While a collection runs no stream moves and no request is answered,
 so the pauses over 100 ms are what the fuzz benchmark and a room notice. Settings (each in a fresh
 process): Python's default; every object alive after loading frozen (`gc.freeze`); frozen with the
-young generation collected every 10,000 allocations instead of 700 (`serving.tune_garbage_collector`,
-what the app does).
+young generation collected every 10,000 allocations instead of 700 (`serving.tune_garbage_collector`);
+that, with sessions that copy a component's settings only when they change it (`ui/sessions.py`; Gradio's
+copy every component's settings at once): what the app does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"python's default": "", "frozen": "freeze", "frozen, young every 10,000 (the app)": "tuned"}
+SETTINGS = {"python's default": "", "frozen": "freeze", "frozen, young every 10,000": "tuned",
+            "that, and light sessions (the app)": "light"}
 
 
 def one(setting: str, sessions: int) -> str:
@@ -33,13 +34,16 @@ def one(setting: str, sessions: int) -> str:
 
     from wordsworlds.models import reports
     from wordsworlds.serving import tune_garbage_collector
+    from wordsworlds.ui.sessions import use_light_sessions
 
     reports(app.preset)
     gc.collect()
     if setting == "freeze":
         gc.freeze()
-    elif setting == "tuned":
+    elif setting in ("tuned", "light"):
         tune_garbage_collector()
+    if setting == "light":
+        use_light_sessions()
     pauses, began = [], [0.0]
 
     def timer(phase, info):

@@ -272,3 +272,29 @@ def test_the_web_app_runs_every_admitted_request_and_keeps_a_bounded_number_of_s
     mounted = [route.app for route in app.routes if hasattr(getattr(route, "app", None), "state_holder")]
     assert mounted and mounted[0].state_holder.capacity == SESSIONS_KEPT < 10_000
     assert demo.max_threads == MAX_THREADS >= 2 * CAPACITY
+
+
+def test_a_visitors_session_copies_a_components_settings_only_when_it_changes_them():
+    """Gradio's session copies every block's settings at once (about 1,200 objects a visitor, walked by every
+    full garbage collection); the app's copies lazily (ui/sessions.py), and a deep link still lists what
+    Gradio's would."""
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from wordsworlds.ui import build_demo, sessions
+
+    demo = build_demo(TINY)
+    eager = SessionState.__new__(SessionState)
+    sessions._GRADIO_INIT(eager, demo)
+    sessions.use_light_sessions()
+    light = SessionState(demo)
+    # Every attribute Gradio's own __init__ sets (a Gradio upgrade that adds one fails here).
+    assert vars(light).keys() - {"_copied_from"} == vars(eager).keys()
+    assert light.config_values == {} and len(eager.config_values) == len(demo.blocks)
+    assert list(light.components) == list(eager.components)  # what /gradio_api/deep_link stores
+
+    box = next(block for block in demo.blocks.values() if isinstance(block, gr.Textbox))
+    changed = SessionState(demo)
+    changed._update_value_in_config(box._id, "a red fox")  # what Gradio does when a handler updates the box
+    assert list(changed.config_values) == [box._id]
+    assert changed.config_values[box._id]["props"]["value"] == "a red fox"

@@ -21,13 +21,15 @@ from fastapi.responses import Response
 
 from ..errors import MAX_UPLOAD
 from ..serving import CAPACITY
+from .sessions import use_light_sessions
 
 MAX_THREADS = 2 * CAPACITY + 40  # the words and worlds loops full, and room for every other event
-# Gradio keeps each visitor's session (a copy of every component's settings and its gr.State values) for
-# the 10,000 latest visitors unless told otherwise. Python's full garbage collections walk them all: with
-# one session per call, benchmarks/fuzz_api.py's 783 calls ended with one refusal held 0.54-0.56 s by such
-# a collection, and 0.10-0.11 s with 256 kept. A visitor whose session was dropped (256 newer ones since
-# its last click) gets its State back at the defaults: a replay then asks for a new run.
+# Gradio keeps each visitor's session (its gr.State values, such as a run's record for the replay) for the
+# 10,000 latest visitors unless told otherwise; the app keeps the 256 latest, so a room's records cannot
+# pile up in memory over a day of visitors. A visitor whose session was dropped (256 newer ones since its
+# last click) gets its State back at the defaults: a replay then asks for a new run. (Gradio's sessions
+# also copied every component's settings, about 1,200 objects each, which every full garbage collection
+# walked; ui/sessions.py makes that copy lazy.)
 SESSIONS_KEPT = 256
 QUEUE_SIZE = 64  # events waiting for a thread (the explorer and hybrid tabs run two at a time)
 
@@ -48,5 +50,6 @@ def create_app(demo: gr.Blocks, css: str = "", theme=None) -> FastAPI:
     # `max_threads` jobs at once (40 unless launch() is told otherwise; a mounted app sets it here).
     demo.max_threads = demo._queue.max_thread_count = MAX_THREADS
     demo.state_session_capacity = SESSIONS_KEPT
+    use_light_sessions()  # a visitor's session copies a component's settings only when it changes them
     return gr.mount_gradio_app(app, demo, path="/", mcp_server=True, theme=theme or gr.themes.Soft(), css=css,
                                max_file_size=MAX_UPLOAD)
