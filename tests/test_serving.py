@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY
 from wordsworlds.serving import CAPACITY, InLine, Request, RoomFull, StepLoop
@@ -70,6 +71,34 @@ def test_a_seeded_text_is_the_same_alone_and_among_many_in_the_batch():
         # Batched matrix products sum in another order: the probabilities agree to float precision.
         assert max(abs(a.prob - b.prob) for a, b in zip(result.steps, reference.steps)) < 1e-4
         assert result.text == reference.text and result.stats.stopped_by == reference.stats.stopped_by
+
+
+def test_newcomers_waiting_for_their_prefill_get_their_first_token_before_anyone_gets_a_next_one(monkeypatch):
+    """words/batching.py: a room's prompts are prefilled over several iterations when they exceed
+    PREFILL_TOKENS, and those iterations end after the prefill, so the cores pass to the worlds loop and
+    every newcomer's first token comes before a decoding row's next one."""
+    from types import SimpleNamespace
+
+    from wordsworlds.models import load_llm
+    from wordsworlds.words import batching
+
+    model = load_llm(TINY).model
+    loop = batching.TokenLoop(model)  # its thread waits for submitted requests; this test steps it itself
+    prompts = [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10, 11, 12]])]
+    monkeypatch.setattr(batching, "PREFILL_TOKENS", 5)  # one prompt a pass
+
+    def take(logits, batch_size):
+        return SimpleNamespace(token_id=int(logits.argmax())), False
+
+    requests = [Request(batching.TokenJob(ids, take)) for ids in prompts]
+    for request in requests:
+        loop.start(request)
+    emitted = []
+    for _ in range(4):
+        loop.step(requests)
+        emitted.append([request.out.qsize() for request in requests])
+    # Prefills one by one with nobody decoding in between, then every row decoded at each step.
+    assert emitted == [[1, 0, 0], [1, 1, 0], [2, 2, 2], [3, 3, 3]]
 
 
 def test_a_stopped_request_leaves_the_batch_and_the_others_finish():

@@ -3,7 +3,10 @@
 Newcomers are prefilled together (their prompts through the model in one forward pass,
 left-padded, after the cached keys and values of the chat template's fixed head, which every
 prompt shares), which gives each its first token at once: a room pressing Run together sees
-its first tokens after one pass, not after fifty. They then join the batch: one key/value cache for all active
+its first tokens after a pass or two, not after fifty. A pass takes up to `PREFILL_TOKENS` prompt
+tokens; while more newcomers wait, the iteration ends after their prefill (the decoding rows wait
+one iteration), so the cores pass to the worlds loop between two prefills and a room's first
+pictures need not wait for every prompt. They then join the batch: one key/value cache for all active
 sequences, left-padded to a common length, with an attention mask over the padding and each
 row's own positions. Each step feeds every row its latest token, and each request samples
 its next one from its own row of logits, with its own settings and seed (`TokenJob.take`),
@@ -28,8 +31,11 @@ from transformers import DynamicCache
 
 from ..serving import CAPACITY, MAX_BATCH, Request, StepLoop
 
-PREFILL_TOKENS = 2048  # prompt tokens prefilled together per iteration: a room's newcomers start at once, while
-# one very long prompt cannot stall everyone's decoding for long
+# Prompt tokens prefilled together per iteration (a very long prompt cannot stall everyone's decoding for
+# long). Fifty "Run both" at once (benchmarks/bench_room.py, README): with 2,048 the 49 prompts after the
+# first took one 1.7 s pass, and the pictures waited for it (first shown p95 1.9-2.2 s); with 1,024, and
+# the decoding rows waiting while newcomers do, 1.2-1.9 s, words alone about the same (1.7-2.0 s).
+PREFILL_TOKENS = 1024
 
 
 @dataclass(eq=False)
@@ -168,6 +174,8 @@ class TokenLoop(StepLoop):
                 budget -= request.job.input_ids.shape[1]
         if group:
             ended += self._prefill(group)
+            if self._joining:  # more newcomers: their first tokens before anyone's next one
+                return ended
 
         stopped = [r for r in self._rows if self._stopped(r)]
         for request in stopped:
