@@ -3,8 +3,9 @@
     python benchmarks/bench_gc.py [--sessions 800]
 
 Loads the app and its models as `python app.py` does, then for each setting lets N visitors arrive (each a
-Gradio session state, plus a request's worth of short-lived objects) and times every collection. While a collection runs no stream moves and no request is answered,
-so the pauses over 100 ms are what the fuzz benchmark and a room notice. Settings (each in a fresh
+Gradio session state, plus a request's worth of short-lived objects) and times every collection. While a
+collection runs no stream moves and no request is answered, so the pauses over 100 ms are what the fuzz
+benchmark and a room notice. Settings (each in a fresh
 process): Python's default; every object alive after loading frozen (`gc.freeze`); frozen with the
 young generation collected every 10,000 allocations instead of 700 (`serving.tune_garbage_collector`);
 that, with sessions that copy a component's settings only when they change it (`ui/sessions.py`; Gradio's
