@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from wordsworlds.presets import get_preset  # noqa: E402
 from wordsworlds.worlds.diffusion import ImageGenerator, decode_latents, validate_render_options  # noqa: E402
 
-PROMPTS = ["a large red circle on the left and a small blue square on the right",
-           "a big yellow triangle at the top", "a small green square in the middle and a large purple circle below"]
+PROMPTS = ["a large red cat on the left and a small blue boat on the right, on the sea",
+           "a big yellow sun at the top, at sunset", "two small white clouds in the middle and a large brown house below, on the grass"]
 
 
 def engine(batching: bool) -> ImageGenerator:

@@ -47,10 +47,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from wordsworlds.presets import get_preset  # noqa: E402
 from wordsworlds.serving import CAPACITY  # noqa: E402
 
-SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
-          "a small green square in the middle and a large purple circle below", "a large orange circle at the bottom"]
+SCENES = ["a large red cat on the left", "a small blue boat on the right, on the sea", "a big yellow sun at the top, at sunset",
+          "two small white clouds in the middle and a large brown house below, on the grass",
+          "a large orange rocket at the bottom, in space"]
+RECIPE = get_preset().recipe  # what the sliders start at: what a room sends
 MODES = {  # the server's settings per mode: each request alone; batched in the web process; in an engine process
     "alone": {"WORDSWORLDS_BATCHING": "0"},
     "threads": {"WORDSWORLDS_BATCHING": "1", "WORDSWORLDS_ENGINE_PROCESS": "0"},
@@ -64,11 +67,12 @@ def arguments(endpoint: str, index: int) -> tuple:
     prompt, seed = SCENES[index % len(SCENES)], index
     if endpoint == "/generate_text":
         return prompt, 32, 0, 0, 1, seed
+    steps, guidance, scheduler = RECIPE.steps, RECIPE.guidance_scale, RECIPE.scheduler
     if endpoint == "/render_image":
-        return prompt, 20, 5.0, "", seed, "dpm++"
+        return prompt, steps, guidance, "", seed, scheduler
     if endpoint == "/two_by_two":
-        return prompt, 20, 5.0, seed, "dpm++"
-    return prompt, 32, 0, 0, 1, 20, 5.0, "", seed, "dpm++"
+        return prompt, steps, guidance, seed, scheduler
+    return prompt, 32, 0, 0, 1, steps, guidance, "", seed, scheduler
 
 
 def shows_the_run(endpoint: str, output) -> bool:

@@ -42,7 +42,7 @@ PROMPT_30 = ("Explain in simple words how a painter starts from a blank white ca
              "and then slowly adds colour and fine detail until the picture")
 CHAT_PROMPTS = [
     "Name three colours.", "What is 2 plus 2?", "Which planet do we live on?", "Write one sentence about a cat.",
-    "a large red circle on the left and a small blue square on the right", "What is the capital of France?",
+    "a large red cat on the left and a small blue boat on the right, on the sea", "What is the capital of France?",
     "Give me a word that rhymes with moon.", "How many legs does a spider have?",
 ]
 HELD_OUT = [  # written for this benchmark: plain prose the model cannot have memorised

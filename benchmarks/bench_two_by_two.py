@@ -3,10 +3,10 @@
     python benchmarks/bench_two_by_two.py [--prompts 100] [--threads 2]
 
 Same prompts for every lane: world.evaluate's seeded sets (in distribution; and with a
-colour-shape pair held out of all training). Words: validity (the caption parses back to a
+colour-kind pair held out of all training). Words: validity (the caption parses back to a
 scene) and fidelity (it is the scene asked for). Worlds: the checker's exact-scene rate
 (every check passes) through the same recognizer, for the next-token painter and the
-miniature Stable Diffusion at its default (20 steps, guidance 5: 40 U-Net evaluations) and at
+miniature Stable Diffusion at the preset's recipe (steps and guidance) and at
 the painter's forward passes (32 steps with guidance: 64 U-Net evaluations against the
 painter's 64 GPT-2 passes). Time to first visible output per lane, alone: the first word, the
 first masked-diffusion pass, the painter's first row (its first canvas), the first x0 preview.
@@ -83,14 +83,15 @@ def worlds_rows(preset, prompts: dict, recognizer) -> list[tuple]:
         rows.append(("worlds next-token painter", name, n, f"exact scene {passed / n:.3f}", painter.length,
                      statistics.mean(seconds), statistics.median(first)))
     engine = ImageGenerator.load(preset)
-    for steps, label in ((20, "default"), (32, "matched passes")):
-        engine.render(prompts["in_distribution"][0], steps=steps, guidance_scale=5.0)  # warm-up
+    guidance = preset.recipe.guidance_scale
+    for steps, label in ((preset.recipe.steps, "default"), (32, "matched passes")):
+        engine.render(prompts["in_distribution"][0], steps=steps, guidance_scale=guidance)  # warm-up
         for name, batch in prompts.items():
             passed, seconds, first = 0, [], []
             for index, prompt in enumerate(batch):
                 started = time.perf_counter()
                 result = None
-                for item in engine.stream(prompt, steps=steps, guidance_scale=5.0, seed=index):
+                for item in engine.stream(prompt, steps=steps, guidance_scale=guidance, seed=index):
                     if isinstance(item, StepFrame):
                         if item.step == 1:
                             first.append(time.perf_counter() - started)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_room import start_server  # noqa: E402
 
 HUGE = "x" * 100_000
-EXAMPLE_PICTURE = Path(__file__).resolve().parents[1] / "examples" / "images" / "red_circle_blue_square.png"
+EXAMPLE_PICTURE = Path(__file__).resolve().parents[1] / "examples" / "images" / "cat_and_boat_on_the_sea.png"
 FILE = {"meta": {"_type": "gradio.FileData"}}
 BAD_FILES = [FILE | {"path": "/etc/passwd"}, FILE | {"path": "../../../../etc/passwd"},
              FILE | {"path": "%2e%2e/%2e%2e/etc/passwd"}, FILE | {"path": "..\\..\\windows\\win.ini"},
@@ -146,7 +146,7 @@ def main() -> None:
                 examples.append((kind, name, position, str(data[position])[:40], round(seconds * 1000), message[:120]))
         floor = sorted(call(url, "tokenize_words", ["dog, cat", ""])[2] for _ in range(20))
         log = Path("/tmp/bench_room_process.log").read_text()
-        normal = call(url, "render_image", ["a red circle", 4, 5.0, "", 0, "ddim"])
+        normal = call(url, "render_image", ["a red cat", 4, 5.0, "", 0, "ddim"])
     finally:
         server.terminate()
         server.wait()

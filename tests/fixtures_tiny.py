@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-CORPUS = ["a red circle on the left", "a photo of a dog", "a puppy", "a banana", "a robot coding on a laptop in space",
-          "describe this picture", "Hello! How are you?", "a large blue square at the bottom"]
+CORPUS = ["a red cat on the left", "a photo of a dog", "a puppy", "a banana", "a robot coding on a laptop in space",
+          "describe this picture", "Hello! How are you?", "a large blue boat at the bottom"]
 CLIP_MAX_TOKENS = 77
 SMOLVLM_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -38,7 +38,7 @@ CHATML_TEMPLATE = (
 
 
 def clip_tokenizer():
-    """A CLIP BPE tokenizer learnt from a few captions (the shapes world's builder), 77 tokens as SD."""
+    """A CLIP BPE tokenizer learnt from a few captions (the storybook world's builder), 77 tokens as SD."""
     from wordsworlds.world.components import build_tokenizer
 
     return build_tokenizer(CORPUS, max_length=CLIP_MAX_TOKENS)

@@ -20,7 +20,7 @@ from wordsworlds.accel import Accel, apply_diffusion_policies, optimize_llm
 from wordsworlds.models import load_preview_decoder
 from wordsworlds.worlds.diffusion import RenderError, check_output, decode_latents
 
-PROMPT = "a red circle on the left"
+PROMPT = "a red cat on the left"
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +125,17 @@ def test_bf16_without_native_support_stays_fp32(pipe, monkeypatch):
     monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
     ran = apply_diffusion_policies(pipe, Accel(precision="bf16"))
     assert "no native bfloat16" in ran[1] and pipe.unet.dtype == torch.float32
+
+
+def test_a_recipe_measured_in_bf16_runs_in_it_on_a_cpu_with_native_bfloat16_unless_told_otherwise(monkeypatch):
+    from wordsworlds.presets import get_preset
+
+    assert get_preset("tiny").recipe.cpu_bf16 and not get_preset("sd15").recipe.cpu_bf16
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: True)
+    assert Accel().with_cpu_bf16().precision == "bf16"
+    assert Accel(precision="fp32").with_cpu_bf16().precision == "fp32"  # asked for by name: kept
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
+    assert Accel().with_cpu_bf16().precision == "auto"  # fp32 on this CPU
 
 
 def test_a_half_precision_vae_is_reported(pipe, monkeypatch):

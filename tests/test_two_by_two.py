@@ -30,9 +30,9 @@ def alone(preset):
     """The engines in this process, each request alone (no step loop)."""
     return replace(preset, accel=replace(preset.accel, engine_process=False, batching=False))
 
-REQUESTS = ["a large red circle on the left and a small blue square on the right",
-            "draw a big yellow triangle at the top",
-            "show me a tiny green box below, a big purple disc in the middle"]
+REQUESTS = ["a large red cat on the left and a small blue boat on the right, on the sea",
+            "draw a big yellow sun at the top, at sunset",
+            "show me a tiny green car below, a big purple kitten in the middle"]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,13 @@ def test_next_token_commits_one_word_per_pass_and_masked_diffusion_several(write
     # Written words never change afterwards.
     for earlier, later in zip(frames, frames[1:]):
         assert all(w is None or w == v for w, v in zip(earlier.words, later.words))
-    frames = list(writers["masked_diffusion"].stream(REQUESTS[0], num_inference_steps=6))
-    assert len(frames) == 6 and all(len(f.committed) == 4 for f in frames)  # 24 positions over 6 passes
-    assert frames[0].words.count(None) == 20 and frames[-1].words.count(None) == 0
+    writer = writers["masked_diffusion"]
+    frames = list(writer.stream(REQUESTS[0], num_inference_steps=6))
+    # Every caption position over 6 passes, as evenly as the schedule splits them.
+    assert len(frames) == 6 and sum(len(f.committed) for f in frames) == writer.gen_length
+    assert all(writer.gen_length // 6 <= len(f.committed) <= -(-writer.gen_length // 6) for f in frames)
+    assert frames[0].words.count(None) == writer.gen_length - len(frames[0].committed)
+    assert frames[-1].words.count(None) == 0
 
 
 def test_masked_diffusion_fills_blanks_in_place_and_next_token_only_continues(writers):
@@ -94,9 +98,9 @@ def test_masked_diffusion_fills_blanks_in_place_and_next_token_only_continues(wr
 
 @pytest.mark.parametrize("blanks, message", [
     ("", "blanks is empty"),
-    ("a red circle on the left", "no blank to fill"),
+    ("a red cat on the left", "no blank to fill"),
     ("a _x_ red", "is not a blank"),
-    ("a ___ red ___ on the moon", "do not know 'moon'"),
+    ("a ___ red ___ on the ceiling", "do not know 'ceiling'"),
     ("___ " * 40, "a caption holds at most"),
 ])
 def test_malformed_blanks_are_refused_before_any_model_work(writers, blanks, message):
@@ -121,21 +125,21 @@ def test_a_prompt_too_long_for_the_caption_models_is_refused(writers):
 
 
 def test_the_painter_streams_what_generate_paints(painter):
-    prompt = "a large red circle on the left and a small blue square on the right"
+    prompt = "a large red cat on the left and a small blue boat on the right, on the sea"
     frames = list(painter.stream(prompt))
     assert len(frames) == painter.length and frames[-1].done
     assert sum(f.picture is not None for f in frames) == painter.image_tokenizer.grid  # one canvas per row
     ids_picture = paint(painter.model, painter.tokenizer, painter.image_tokenizer, painter.vae, [prompt],
                         painter.prompt_length, painter.code_offset)[0]
     assert np.abs(np.asarray(ids_picture, dtype=int) - np.asarray(frames[-1].picture, dtype=int)).max() <= 1
-    continued = list(painter.stream("a large yellow triangle on the left", prefix=frames[-1].codes[:16]))
+    continued = list(painter.stream("a large yellow sun on the left", prefix=frames[-1].codes[:16]))
     assert len(continued) == painter.length - 16 and continued[-1].codes[:16] == frames[-1].codes[:16]
 
 
 def test_repaint_changes_the_region_in_place_for_denoising_only(tiny):
     options = validate_render_options(steps=8, guidance_scale=5.0, seed=0)
-    items = list(repaint(in_this_process(tiny), "a large red circle on the left and a small blue square on the right",
-        "a large yellow triangle on the left and a small blue square on the right", "left", options))
+    items = list(repaint(in_this_process(tiny), "a large red cat on the left and a small blue boat on the right, on the sea",
+        "a large yellow sun on the left and a small blue boat on the right, on the sea", "left", options))
     before = {lane: item.picture for lane, item in items if isinstance(item, Before)}
     after = {lane: item for lane, item in items if not isinstance(item, Before)}
     assert set(before) == {"worlds_next_token", "worlds_denoising"}
@@ -169,7 +173,7 @@ def test_all_four_lanes_stream_and_finish(tiny):
 def test_cli_fill_blanks_and_bad_region(capsys):
     code, out, _ = run_cli(capsys, "fill-blanks", "a ___ red ___ on the left", "--json")
     assert code == 0 and '"words_masked_diffusion"' in out
-    code, _, err = run_cli(capsys, "repaint", "a red circle on the left", "a blue square on the left",
+    code, _, err = run_cli(capsys, "repaint", "a red cat on the left", "a blue boat on the left",
                            "--region", "0,0,99,4")
     assert code == 2 and "outside the 64x64 canvas" in err
 
@@ -179,20 +183,20 @@ def test_training_smoke_runs_save_loadable_folders(tmp_path):
 
     train_captions(CaptionTrainConfig.toy(), out=tmp_path / "captions", run_dir=tmp_path / "run")
     for process in ("next_token", "masked_diffusion"):
-        frame = Captioner.from_pretrained(tmp_path / "captions", process).write("a red circle")
+        frame = Captioner.from_pretrained(tmp_path / "captions", process).write("a red cat")
         assert frame.done
 
 
 def test_painter_training_smoke_run_saves_a_loadable_folder(tmp_path):
     from diffusers import AutoencoderKL
 
-    from wordsworlds.presets import SHAPES_WORLD
+    from wordsworlds.presets import STORYBOOK_WORLD
     from wordsworlds.world.train_painter import PainterTrainConfig, train_painter
 
     summary = train_painter(PainterTrainConfig.toy(), out=tmp_path / "painter", run_dir=tmp_path / "run")
     assert summary["evaluation"]["in_distribution"]["prompts"] == 2
-    painter = Painter.from_pretrained(tmp_path / "painter", AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae"))
-    assert list(painter.stream("a red circle"))[-1].done
+    painter = Painter.from_pretrained(tmp_path / "painter", AutoencoderKL.from_pretrained(STORYBOOK_WORLD, subfolder="vae"))
+    assert list(painter.stream("a red cat"))[-1].done
 
 
 def test_batched_runs_write_what_each_writes_alone(writers, painter):

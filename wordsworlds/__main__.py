@@ -1,12 +1,12 @@
 """The command line: every tab's function, plus training, evaluation and a deployment check.
 
     python -m wordsworlds text "Once upon a time" --max-new-tokens 20 --json
-    python -m wordsworlds render "a large red circle on the left" --steps 20 --out red.png
-    python -m wordsworlds render "a large red circle on the left" --branch-at 8 --branch-prompt "a yellow triangle on the left"
-    python -m wordsworlds two-by-two "a large red circle on the left" --out four/
-    python -m wordsworlds caption "a large red circle on the left" --branch-at 2 --branch-word green
+    python -m wordsworlds render "a large red cat on the left" --steps 20 --out red.png
+    python -m wordsworlds render "a large red cat on the left" --branch-at 8 --branch-prompt "a yellow dog on the left"
+    python -m wordsworlds two-by-two "a large red cat on the left" --out four/
+    python -m wordsworlds caption "a large red cat on the left" --branch-at 2 --branch-word green
     python -m wordsworlds fill-blanks "a ___ red ___ on the left" [--prompt "..."]
-    python -m wordsworlds repaint "a red circle on the left" "a yellow triangle on the left" --region left
+    python -m wordsworlds repaint "a red cat on the left" "a yellow dog on the left" --region left
     python -m wordsworlds embed dog puppy banana car --space minilm --space clip_text
     python -m wordsworlds hybrid "a sunset over the sea" --rounds 3
     python -m wordsworlds doctor --preset sd15      # what each role runs on; exit 2 if a model is missing
@@ -280,8 +280,8 @@ def cmd_evaluate(args, preset: Preset) -> int:
     guidance_scale = recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale
     if args.weights:
         preset = replace(preset, diffusion=str(Path(args.weights).resolve()))
-    if not preset.shapes_world:
-        raise InputError(f"the evaluation reads pictures back with the shapes-world recognizer; the preset "
+    if not preset.storybook_world:
+        raise InputError(f"the evaluation reads pictures back with the storybook-world recognizer; the preset "
                          f"{preset.name!r} has none (use --preset tiny)")
     if args.hybrid:
         report = evaluate_hybrid(preset, steps=args.steps, guidance_scale=guidance_scale)
@@ -314,7 +314,7 @@ def cmd_train(args, preset: Preset) -> int:
     if args.seed is not None:
         config.seed = args.seed
     out = Path(args.out) if args.out else WEIGHTS_DIR
-    summary = train(config, out=out, run_dir=Path(args.run_dir or "runs/shapes"))
+    summary = train(config, out=out, run_dir=Path(args.run_dir or "runs/storybook"))
     print(json.dumps({k: summary[k] for k in ("stage_seconds", "this_invocation_s", "recognizer_exact_scene_accuracy")},
                      indent=2))
     print(world_evaluate.format_report(summary["evaluation"]))
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("train", help="train the shapes world's models: the miniature Stable Diffusion and the "
+    p = sub.add_parser("train", help="train the storybook world's models: the miniature Stable Diffusion and the "
                                      "recognizer, the two caption writers, or the next-token painter")
     p.set_defaults(func=cmd_train)
     p.add_argument("--model", choices=("diffusion", "captions", "painter"), default="diffusion")

@@ -29,7 +29,7 @@ import importlib.util
 import shutil
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -74,7 +74,9 @@ class Accel:
     """
 
     device: str = "auto"  # "auto": CUDA when there is one, else the CPU
-    precision: str = "auto"  # "auto": fp16 (diffusion) / bf16 or fp16 (LLM) on CUDA, fp32 on the CPU
+    # "auto": fp16 (diffusion) / bf16 or fp16 (LLM) on CUDA, fp32 on the CPU (bf16 for a model whose recipe says
+    # it keeps its quality there, on a CPU with native bfloat16: with_cpu_bf16)
+    precision: str = "auto"
     llm_precision: str = "fp32"  # the LLM on a CPU: fp32, bf16 or int8 (see the module docstring)
     attention: str = "sdpa"  # "sdpa" (PyTorch's fused kernels), "xformers" (an optional extra), "classic" (matmuls)
     vae_fp32: bool = True  # under fp16/bf16, keep the VAE in fp32 and feed it cast latents
@@ -107,6 +109,13 @@ class Accel:
                 continue
             values[field.name] = _flag(raw, field.name) if field.type in (bool, "bool") else raw.strip()
         return cls(**values)
+
+    def with_cpu_bf16(self) -> "Accel":
+        """This policy for a model measured to keep its quality in bfloat16 (a preset's `Recipe.cpu_bf16`):
+        "auto" precision becomes bf16 on a CPU with native bfloat16; anything else is left as it is."""
+        if self.precision == "auto" and self.resolved_device()[0] == "cpu" and cpu_has_native_bf16():
+            return replace(self, precision="bf16")
+        return self
 
     def resolved_device(self, cuda: bool | None = None) -> tuple[str, str]:
         """(the device that will run, a note when it is not the one asked for).

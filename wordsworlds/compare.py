@@ -4,7 +4,7 @@ Both engines stream into one queue, so the caller sees a single timeline in the 
 things happened: token t beside step t, and what each one cost.
 
     >>> from wordsworlds.compare import run_side_by_side
-    >>> for side, item in run_side_by_side(preset, "a red circle", text_options, render_options):  # doctest: +SKIP
+    >>> for side, item in run_side_by_side(preset, "a red cat", text_options, render_options):  # doctest: +SKIP
     ...     print(side, item)
 """
 

@@ -86,7 +86,7 @@ _JANUS_LOCK = threading.Lock()
 
 
 def load_painter(preset: Preset) -> Painter | JanusPainter:
-    """The preset's next-token painter: the shapes world's `Painter`, or a `JanusPainter` (worlds/janus.py)
+    """The preset's next-token painter: the storybook world's `Painter`, or a `JanusPainter` (worlds/janus.py)
     where the preset names a Janus model; one per loaded model, so that `running` counts every request."""
     parts = load_painter_model(preset)
     if not isinstance(parts, JanusModel):

@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from .accel import NAMES, Accel, apply_diffusion_policies, optimize_llm
 from .errors import ModelUnavailable
-from .presets import LCM_LORAS, PREVIEW_DECODERS, SHAPES_WORLD, Preset
+from .presets import LCM_LORAS, PREVIEW_DECODERS, STORYBOOK_WORLD, Preset
 from .world.recognizer import Recognizer
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the families the step engine knows
@@ -205,7 +205,8 @@ class Diffusion:
 
 def load_diffusion(preset: Preset) -> Diffusion:
     """The preset's SD or SDXL pipeline with its speed-ups applied."""
-    return _load_diffusion(preset.diffusion, preset.hub_mirror, preset.accel)
+    accel = preset.accel.with_cpu_bf16() if preset.recipe.cpu_bf16 else preset.accel
+    return _load_diffusion(preset.diffusion, preset.hub_mirror, accel)
 
 
 def pipeline_class(folder: str):
@@ -327,7 +328,7 @@ def _load_sentence_encoder(source: str, mirror: str, device: str) -> SentenceEnc
 
 @dataclass(frozen=True)
 class Describer:
-    """The shapes-world recognizer (`recognizer`), or a vision-language model (`model`, `processor`)."""
+    """The storybook-world recognizer (`recognizer`), or a vision-language model (`model`, `processor`)."""
 
     report: Report
     recognizer: Recognizer | None = None
@@ -336,16 +337,16 @@ class Describer:
 
 
 def load_describer(preset: Preset) -> Describer:
-    return _load_describer(preset.describer, preset.hub_mirror, preset.accel, preset.shapes_world)
+    return _load_describer(preset.describer, preset.hub_mirror, preset.accel, preset.storybook_world)
 
 
 @once_per_process
-def _load_describer(source: str, mirror: str, accel: Accel, shapes_world: bool) -> Describer:
+def _load_describer(source: str, mirror: str, accel: Accel, storybook_world: bool) -> Describer:
     device, note = accel.resolved_device()
     try:
-        if shapes_world:
+        if storybook_world:
             recognizer = Recognizer.load(source).to(device)
-            return Describer(Report("describer", "shapes-world recognizer", note or device, "fp32"), recognizer=recognizer)
+            return Describer(Report("describer", "storybook-world recognizer", note or device, "fp32"), recognizer=recognizer)
         dtype = accel.llm_dtype()
         folder = resolve_source(source, mirror)
         processor = AutoProcessor.from_pretrained(folder)
@@ -421,7 +422,7 @@ class JanusModel:
 
 
 def load_painter_model(preset: Preset) -> PainterModel | JanusModel:
-    """The preset's next-token painter: the shapes world's (a folder train_painter wrote) or a Janus model."""
+    """The preset's next-token painter: the storybook world's (a folder train_painter wrote) or a Janus model."""
     from .world.train_painter import LAYOUT_FILE
 
     if Path(preset.painter, LAYOUT_FILE).exists():
@@ -456,7 +457,7 @@ def _load_painter_model(source: str) -> PainterModel:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         image_tokenizer = ImageTokenizer.load(folder)
         # Its image tokens are codes of the miniature Stable Diffusion's latents: that VAE, whatever the preset.
-        vae = diffusers.AutoencoderKL.from_pretrained(SHAPES_WORLD, subfolder="vae").eval()
+        vae = diffusers.AutoencoderKL.from_pretrained(STORYBOOK_WORLD, subfolder="vae").eval()
     except (OSError, ValueError, KeyError) as error:
         raise _unavailable("painter", source, error) from None
     return PainterModel(model, tokenizer, image_tokenizer, vae, layout["prompt_length"], layout["code_offset"],

@@ -13,9 +13,10 @@ told its place and an estimate of the wait); past `capacity` a request is refuse
 `RoomFull`, a friendly message, never a time-out. A request that is cancelled or whose reader
 went away leaves the batch at the next step.
 
-The cores: the loops of the two models take turns on one `CORES` lock (first come, first served),
-so at any moment one step runs, with all of torch's threads: two loops computing at once on two
-cores would each run at a fraction of the speed and both get slower.
+The cores: the loops of the two models take turns on one `CORES` lock (first come, first served,
+except that a loop may send its newcomers' first steps to the head of the line), so at any moment
+one step runs, with all of torch's threads: two loops computing at once on two cores would each
+run at a fraction of the speed and both get slower.
 
     >>> loop = MyLoop("words", max_batch=32, capacity=64)   # a subclass: start(), step()   # doctest: +SKIP
     >>> request = loop.submit(my_request)                    # RoomFull when the room is full  # doctest: +SKIP
@@ -24,6 +25,7 @@ cores would each run at a fraction of the speed and both get slower.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import gc
 import queue
@@ -82,18 +84,37 @@ class FairLock:
         self._held = False
 
     def __enter__(self):
-        me = object()
-        with self._turns:
-            self._waiting.append(me)
-            self._turns.wait_for(lambda: not self._held and self._waiting[0] is me)
-            self._waiting.popleft()
-            self._held = True
+        self.acquire()
         return self
 
     def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self, ahead: bool = False) -> None:
+        """Wait for the lock, at the end of the line, or with `ahead` at its head (next after the holder)."""
+        me = object()
+        with self._turns:
+            if ahead:
+                self._waiting.appendleft(me)
+            else:
+                self._waiting.append(me)
+            self._turns.wait_for(lambda: not self._held and self._waiting[0] is me)
+            self._waiting.popleft()
+            self._held = True
+
+    def release(self) -> None:
         with self._turns:
             self._held = False
             self._turns.notify_all()
+
+    @contextlib.contextmanager
+    def ahead(self):
+        """Hold the lock, asked for at the head of the line."""
+        self.acquire(ahead=True)
+        try:
+            yield self
+        finally:
+            self.release()
 
 
 CORES = FairLock()  # one step of one model at a time, with all of torch's threads
@@ -176,7 +197,8 @@ class StepLoop:
     request, e.g. its prompt's cache; may raise) and `step` (advance the batch by one step and
     return the requests that ended)."""
 
-    def __init__(self, name: str, max_batch: int = MAX_BATCH, capacity: int = CAPACITY, cores: FairLock = CORES):
+    def __init__(self, name: str, max_batch: int = MAX_BATCH, capacity: int = CAPACITY, cores: FairLock = CORES,
+                 turn_batch: int | None = None, newcomers_ahead: bool = False):
         if not 1 <= max_batch <= capacity:
             raise ValueError("need 1 <= max_batch <= capacity")
         self.name, self.max_batch, self.capacity, self.cores = name, max_batch, capacity, cores
@@ -186,6 +208,12 @@ class StepLoop:
         self._gap_s = 0.0  # running mean of the time between two requests ending (for the wait estimate)
         self._last_end = 0.0
         self.largest_batch = 0  # the most requests stepped together so far (for the meters)
+        # Requests stepped per turn on the cores (None: the whole batch at once). A turn of a big batch holds the
+        # cores for a long time, and the other model's loop waits for it (see worlds.batching.RENDER_TURN).
+        self.turn_batch = turn_batch
+        # Whether a turn with newcomers in it goes ahead of the other loop's waiting turn: for a model whose first
+        # step for a whole room is cheap beside the other's (see worlds.batching.RenderLoop).
+        self.newcomers_ahead = newcomers_ahead
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._thread.start()
 
@@ -253,28 +281,63 @@ class StepLoop:
     def _run(self) -> None:
         while True:
             joining = self._admit()
-            with self.cores:
-                started = []
-                for request in joining:
-                    try:
-                        self.start(request)
-                        started.append(request)
-                    except BaseException as error:  # noqa: BLE001  (the reader re-raises it)
-                        request.finish(error)
-                with self._changed:
-                    self._active += started
-                self.largest_batch = max(self.largest_batch, len(self._active))
-                try:
-                    ended = self.step(list(self._active)) if self._active else []
-                except BaseException as error:  # noqa: BLE001  a failed step fails its batch, not the loop
-                    self.reset()
-                    ended = list(self._active)
-                    for request in ended:
-                        request.finish(error)
+            # The newcomers' start and the batch's first turn share one hold on the cores.
+            with self._cores(ahead=bool(joining)):
+                turns = self._turns(self._start(joining))
+                ended, failed = self._step(turns[0][0], []) if turns else ([], False)
+            for turn, new in turns[1:]:
+                if failed:
+                    break
+                with self._cores(ahead=new):  # between two turns the other model's loop may take the cores
+                    ended, failed = self._step(turn, ended)
             if ended:
                 self._count_ends(len(ended))
                 with self._changed:
                     self._active = [r for r in self._active if all(r is not e for e in ended)]
+
+    def _cores(self, ahead: bool):
+        """The cores for one turn: asked for at the head of their line for a turn with newcomers in it, if this
+        loop's newcomers go ahead; else first come, first served."""
+        return self.cores.ahead() if ahead and self.newcomers_ahead else self.cores
+
+    def _start(self, joining: list[Request]) -> list[Request]:
+        """Start the joining requests (cores held); those that start join the batch and are returned."""
+        started = []
+        for request in joining:
+            try:
+                self.start(request)
+                started.append(request)
+            except BaseException as error:  # noqa: BLE001  (the reader re-raises it)
+                request.finish(error)
+        with self._changed:
+            self._active += started
+        self.largest_batch = max(self.largest_batch, len(self._active))
+        return started
+
+    def _turns(self, newcomers: list[Request]) -> list[tuple[list[Request], bool]]:
+        """The parts of the batch stepped one turn on the cores at a time (the whole batch, or `turn_batch`
+        at a time, in the order they joined), each with whether newcomers are in it. (Newcomers put first
+        sent the web process a burst's first frames all at once, and its refusals of the excess slowed from
+        0.8 to 1.0-1.2 s in benchmarks/bench_room.py --burst.)"""
+        active = list(self._active)
+        if not self.turn_batch:
+            return [(active, bool(newcomers))] if active else []
+        new = {id(r) for r in newcomers}
+        size = self.turn_batch
+        turns = [active[i : i + size] for i in range(0, len(active), size)]
+        return [(turn, any(id(r) in new for r in turn)) for turn in turns]
+
+    def _step(self, turn: list[Request], ended: list[Request]) -> tuple[list[Request], bool]:
+        """Step one turn (cores held): (the requests ended so far, whether the step failed). A failed step
+        fails the whole batch, not the loop."""
+        try:
+            return ended + self.step(turn), False
+        except BaseException as error:  # noqa: BLE001  (the readers re-raise it)
+            self.reset()
+            failed = [r for r in self._active if all(r is not e for e in ended)]
+            for request in failed:
+                request.finish(error)
+            return ended + failed, True
 
     def reset(self) -> None:
         """Forget the batch after a failed step (subclasses drop their per-batch state)."""

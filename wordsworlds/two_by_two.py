@@ -15,7 +15,7 @@ the first blank) and `repaint` (worlds: denoising repaints a region in place, ne
 can only continue from the tokens before it).
 
     >>> from wordsworlds.two_by_two import run_two_by_two
-    >>> for lane, frame in run_two_by_two(preset, "a large red circle on the left", options):  # doctest: +SKIP
+    >>> for lane, frame in run_two_by_two(preset, "a large red cat on the left", options):  # doctest: +SKIP
     ...     print(lane, frame)
 """
 
@@ -107,7 +107,7 @@ def branch_text(preset: Preset, prompt: str, caption: list[str], position, word:
         raise InputError("the caption is empty: there is no word to branch from")
     position = check_number("position", position, int, 0, len(caption) - 1)
     if not isinstance(word, str) or not word.strip() or len(word.split()) != 1 or word.strip() == END:
-        raise InputError("word must be one word of the shapes world (e.g. green, square, top)")
+        raise InputError("word must be one word of the storybook world (e.g. green, boat, top)")
     writer = Captioner.load(preset, "next_token")
     template = " ".join([*caption[:position], word.strip().lower(), "___"])
     writer.parse_blanks(template)  # an unknown word, or a caption too long, refused here

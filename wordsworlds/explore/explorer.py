@@ -26,13 +26,17 @@ import numpy as np
 from ..errors import InputError, ModelUnavailable, check_number, check_text
 from ..presets import Preset
 from . import projection as proj
-from .spaces import SPACES, Sources, count_cached, embed, rendered_images
+from ..world.scene import SCENERY_WORDS, outside_words
+from .spaces import SPACES, Sources, count_cached, embed, image_template, rendered_images
 
 MAX_WORDS = 500
 MAX_WORD_CHARS = 200
 MAX_INPUT_CHARS = MAX_WORDS * (MAX_WORD_CHARS + 2)
 DEFAULT_SPACES = ("minilm", "llm_hidden", "clip_text", "image_latents")
-BLANK_STD = 8.0  # grey levels of spread: an empty canvas measured 5.3, a small blue square 19.4
+# Grey levels of spread along a row, in the most spread tenth of the rows: a storybook background
+# is the same colour along every row (a sky is a vertical gradient, the ground a band), so only
+# things drawn on it spread a row (a small tree alone spreads 12 of the 64 rows). See empty_canvas().
+BLANK_ROW_STD = 8.0
 WORD_SETS_FILE = Path(__file__).resolve().parents[2] / "examples" / "word_sets.json"
 
 
@@ -160,6 +164,11 @@ class Exploration:
         }
 
 
+def empty_canvas(image) -> bool:
+    """True when a rendered thumbnail (uint8 HxWx3) shows a background and nothing on it."""
+    return float(np.percentile(np.asarray(image, dtype=np.float32).std(axis=1).mean(-1), 90)) < BLANK_ROW_STD
+
+
 def explore(preset: Preset, words, template: str = "", spaces=DEFAULT_SPACES, projection: str = "pca",
             dimensions: int = 2, anchor_from: str = "", anchor_to: str = "", highlight: str = "",
             llm_layer: int | None = None) -> Exploration:
@@ -208,12 +217,23 @@ def explore(preset: Preset, words, template: str = "", spaces=DEFAULT_SPACES, pr
     result.notices += [f"skipped {f}" for f in failures]
     if "image_latents" in result.spaces:
         blank = [w for w, image in zip(words, rendered_images(words, template, sources))
-                 if image is not None and float(image.std()) < BLANK_STD]
+                 if image is not None and empty_canvas(image)]
+        scenery = [w for w in blank if preset.storybook_world and w.lower() in SCENERY_WORDS]
+        blank = [w for w in blank if w not in scenery]
+        if scenery:
+            result.notices.append(
+                f"{', '.join(scenery)} {'names' if len(scenery) == 1 else 'name'} a background in the storybook "
+                "world, not a thing: drawn as a bare scene with nothing in it")
         if blank:
             result.notices.append(
                 f"{', '.join(blank)} {'renders' if len(blank) == 1 else 'render'} as an empty canvas: the diffusion "
                 "model draws only what it was trained on, so in the image-latents space "
                 f"{'that word sits' if len(blank) == 1 else 'these words sit'} at one point, whatever they mean")
+        guessed = [w for w in words if outside_words(w)] if preset.storybook_world else []
+        if guessed:
+            result.notices.append(
+                f"the storybook world has no word for {', '.join(guessed)}: the picture is the model's guess from "
+                f"a word it never saw, drawn as \"{image_template(template, preset)}\"")
     if not result.spaces:
         raise ModelUnavailable("; ".join(failures))
     return result

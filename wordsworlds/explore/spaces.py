@@ -32,7 +32,11 @@ from ..presets import Preset
 from ..worlds.diffusion import pipeline_with_scheduler
 
 IMAGE_STEPS = 8
-IMAGE_GUIDANCE = 5.0  # as `python -m wordsworlds evaluate`
+IMAGE_GUIDANCE = 5.0
+# The storybook world's captions always say a thing's size and place, so a bare word is outside what its
+# miniature SD learnt: "cat" alone rendered an empty sky. Without a template of the reader's, a word is drawn as
+# the one large thing in the middle of the picture, which is what "appearance" means for that model.
+STORYBOOK_TEMPLATE = "a large {} in the center"
 IMAGE_SEED = 0  # one seed for every word: the starting noise is shared, so only the word differs
 THUMBNAIL = 128  # rendered images are kept at most this wide for the gallery
 BATCH = 32
@@ -142,6 +146,11 @@ def count_cached(words: list[str], space: str, template: str, sources: Sources) 
     return sum(CACHE.get(prefix + (w,)) is not None for w in words)
 
 
+def image_template(template: str, preset: Preset) -> str:
+    """The template the diffusion model draws a word in: the reader's, else the storybook world's own."""
+    return template or (STORYBOOK_TEMPLATE if preset.storybook_world else "")
+
+
 def rendered_images(words: list[str], template: str, sources: Sources) -> list:
     """Thumbnails (uint8 HxWx3) of the images behind `image_latents`, None where not rendered yet."""
     prefix = ("rendered", sources.key("image_latents"), template)
@@ -234,6 +243,7 @@ def _image_latents(words, template, sources):
     # stepping the shared one broke each other (the engine does the same for every render).
     pipe = pipeline_with_scheduler(load_diffusion(sources.preset).pipe)
     prefix = ("rendered", sources.key("image_latents"), template)
+    template = image_template(template, sources.preset)
     vectors = []
     for start in range(0, len(words), BATCH // 2):
         chunk = words[start : start + BATCH // 2]

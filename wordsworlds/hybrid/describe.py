@@ -1,4 +1,4 @@
-"""The describer: reads a picture back into words (and, in the shapes world, into a scene).
+"""The describer: reads a picture back into words (and, in the storybook world, into a scene).
 
 With the tiny preset this is the project's own recognizer (world/recognizer.py); the Hub
 presets describe in free text with a vision-language model (SmolVLM) and read no scene.
@@ -28,7 +28,7 @@ def describe(preset: Preset, image) -> tuple[Scene | None, str]:
     if describer.recognizer is None:
         return None, describe_image(describer, image)
     scene = describer.recognizer.read([image])[0]
-    return scene, caption(scene) if scene else "no shapes-world scene (empty, or more than three objects)"
+    return scene, caption(scene) if scene else "no storybook-world scene (nothing, or more than three things)"
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """The hybrid loop: the LLM plans, diffusion renders, the describer reads back, the checker
 scores, and on a miss the next round changes what failed, for at most N rounds.
 
-In the shapes world a plan is also a layout: a refining round keeps the objects that came
+In the storybook world a plan is also a layout: a refining round keeps the objects that came
 out right and redraws only the ones that failed, each in its own region (layout.py).
 
     >>> from wordsworlds.hybrid.loop import run_hybrid
@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import check_number
 from ..models import load_sentence_encoder
-from ..presets import Preset
+from ..presets import STORYBOOK_RECIPE, Preset
 from ..words.next_token import TextGenerator
 from ..world.checker import CheckResult, check
 from ..world.scene import Scene, outside_words, parse_caption
@@ -30,7 +30,7 @@ from .planner import Plan, PromptPlan, ScenePlanner, expand_idea, validate_idea
 
 MAX_ROUNDS = 5
 MAX_TOTAL_SECONDS = 180.0
-DEFAULT_GUIDANCE = 5.0
+DEFAULT_GUIDANCE = STORYBOOK_RECIPE.guidance_scale
 
 
 @dataclass
@@ -88,7 +88,9 @@ class PlanRelation:
 
     checked_against: str  # "request" (it is a scene: checked as asked), "plan", or "" (nothing to check)
     similarity: float | None  # the meaning encoder's cosine of request and rendered prompt (None: the same text)
-    not_drawable: tuple[str, ...]  # words of the request the world has no meaning for
+    not_drawable: tuple[str, ...]  # words of the request the world has nothing for
+    drawn_as: tuple[str, ...] = ()  # "ocean as sea (ground)": request words drawn as the nearest world value
+    notes: tuple[str, ...] = ()  # what of the request the plan clamped to the world
 
     def summary(self) -> str:
         if self.checked_against == "request":
@@ -96,18 +98,25 @@ class PlanRelation:
         parts = ["checked against the plan, not your request"] if self.checked_against == "plan" else []
         if self.similarity is not None:
             parts.append(f"the plan is {self.similarity:.2f} similar in meaning to your request (1 = the same)")
+        if self.drawn_as:
+            parts.append(f"drawn as the nearest the world has: {', '.join(self.drawn_as)}")
         if self.not_drawable:
             parts.append(f"this world cannot draw: {', '.join(self.not_drawable)}")
+        parts += self.notes
         return "; ".join(parts)
 
 
-def relate(preset: Preset, idea: str, prompt: str, checked_against: str) -> PlanRelation:
+def relate(preset: Preset, idea: str, prompt: str, checked_against: str, plan=None) -> PlanRelation:
     similarity = None
     if prompt != idea:
         vectors = load_sentence_encoder(preset).model.encode([idea, prompt], normalize_embeddings=True)
         similarity = round(float(vectors[0] @ vectors[1]), 4)
-    not_drawable = tuple(outside_words(idea)) if preset.shapes_world and checked_against != "request" else ()
-    return PlanRelation(checked_against, similarity, not_drawable)
+    not_drawable = ()
+    if preset.storybook_world and checked_against != "request":
+        not_drawable = plan.cannot_draw if isinstance(plan, Plan) else tuple(outside_words(idea))
+    drawn_as = tuple(f"{word} as {value}" for word, value in plan.drawn_as.items()) if isinstance(plan, Plan) else ()
+    notes = plan.notes if isinstance(plan, Plan) else ()
+    return PlanRelation(checked_against, similarity, not_drawable, drawn_as, notes)
 
 
 def unchecked(reason: str) -> CheckResult:
@@ -136,16 +145,16 @@ def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, 
     idea = validate_idea(idea)
     options = options or validate_hybrid_options(**option_kwargs)
     engine = ImageGenerator.load(preset)
-    shapes_world = preset.shapes_world
-    requested = parse_caption(idea) if shapes_world else None  # a scene description is checked against itself
+    storybook_world = preset.storybook_world
+    requested = parse_caption(idea) if storybook_world else None  # a scene description is checked against itself
     plan = None
-    if options.plan and shapes_world:
+    if options.plan and storybook_world:
         planner = ScenePlanner.load(preset)
         plan = planner.plan(idea)
     elif options.plan:
         plan = expand_idea(idea, engine.pipe.tokenizer, TextGenerator.load(preset))
     seed, guidance = options.seed, options.guidance_scale
-    layout = shapes_world and plan is not None  # a shapes-world plan is a layout the refine can use
+    layout = storybook_world and plan is not None  # a storybook-world plan is a layout the refine can use
     action = "plan, then render" if plan else "render the request as written"
     keep = None  # (latents, mask): what a refining round keeps from the round before
     started = time.perf_counter()
@@ -162,19 +171,19 @@ def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, 
         else:
             result = engine.render(prompt, steps=options.steps, guidance_scale=guidance, seed=seed)
         seen, description = describe(preset, result.image)
-        if not shapes_world:
+        if not storybook_world:
             verdict = semantic_check(preset, prompt, description)
         elif target:
             verdict = checker(target, seen)
         else:
-            verdict = unchecked("the request names no shapes-world scene to check")
-        if requested is not None or (not shapes_world and prompt == idea):
+            verdict = unchecked("the request names no storybook-world scene to check")
+        if requested is not None or (not storybook_world and prompt == idea):
             against = "request"
         else:
-            against = "plan" if (target is not None or not shapes_world) else ""
+            against = "plan" if (target is not None or not storybook_world) else ""
         yield Round(index, action, prompt, plan, target, seed, guidance, result.image, seen, description, verdict,
-                    time.perf_counter() - round_started, relate(preset, idea, prompt, against))
-        if verdict.passed or not options.refine or (shapes_world and target is None):
+                    time.perf_counter() - round_started, relate(preset, idea, prompt, against, plan))
+        if verdict.passed or not options.refine or (storybook_world and target is None):
             return
         if time.perf_counter() - started > options.max_seconds:
             return
@@ -182,7 +191,7 @@ def run_hybrid(preset: Preset, idea: str, options: HybridOptions | None = None, 
         # keeps failing, the plan itself.
         seed = (seed + 7919) % 2**32
         findings = "; ".join(verdict.findings[:2])
-        if shapes_world and plan is not None and requested is None and index >= 2:
+        if storybook_world and plan is not None and requested is None and index >= 2:
             plan = planner.plan(idea, feedback="; ".join(verdict.findings[:3]), avoid=plan.scene,
                                 temperature=0.8, seed=seed)
             keep = None

@@ -17,7 +17,7 @@ from ..gpu import on_gpu
 from ..presets import Preset
 from .common import format_seconds, scroll_into_view, user_errors
 
-DEFAULT_WORDS = "dog, puppy, cat, kitten, banana, apple, car, truck, red circle, blue square, small, large"
+DEFAULT_WORDS = "dog, puppy, cat, kitten, banana, apple, car, truck, sunset, snowman, small, large"
 PROJECTION_CHOICES = [("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap"), ("Custom axes (anchors)", "anchors")]
 
 

@@ -18,15 +18,15 @@ from ..gpu import on_gpu
 from ..models import load_diffusion
 from ..presets import Preset
 from ..replay import NEW, Recording, RunStore
-from ..world.scene import COLOURS, FUNCTION_WORDS, POSITIONS, SHAPES, SIZES
+from ..world.scene import COLOURS, FUNCTION_WORDS, KINDS, POSITIONS, SIZES
 from ..words.captions import CaptionFrame, Captioner
 from ..worlds.diffusion import MAX_STEPS, RenderResult, StepFrame, decode_latents
 from ..engines import load_painter
 from .common import format_seconds, user_errors
 
-EXAMPLE_BRANCH_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
+EXAMPLE_BRANCH_PROMPT = "a large yellow sun on the left and a small blue boat on the right, on the sea"
 SLOW_S = (0.05, 3.0)
-WORD_KINDS = (COLOURS, SHAPES, SIZES, POSITIONS)  # the slow-motion replay's seconds per step, least and most
+WORD_KINDS = (COLOURS, KINDS, SIZES, POSITIONS)  # the slow-motion replay's seconds per step, least and most
 CHANGE_COLOURS = {NEW: "#e600a0"}
 REPLACED, CHOSEN, REWRITTEN = "replaced", "chosen instead", "written again"
 BRANCH_COLOURS = {REPLACED: "#9ca3af", CHOSEN: "#f59e0b", REWRITTEN: "#e600a0"}
@@ -131,7 +131,7 @@ class Replay:
         Args:
             run_id: the id `two_by_two` returned.
             position: the word to replace, 0 for the caption's first.
-            word: the word to write there instead (one of the shapes world's words).
+            word: the word to write there instead (one of the storybook world's words).
 
         Returns:
             The original caption, the branched caption, and its meter.

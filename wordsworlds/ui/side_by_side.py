@@ -27,9 +27,10 @@ from .inside import InsideDiffusion
 from .two_by_two import TwoByTwo
 
 EXAMPLE_PROMPTS = [
-    "a large red circle on the left and a small blue square on the right",
-    "a big yellow triangle at the top",
-    "a small green square in the middle and a large purple circle below",
+    "a large red cat on the left and a small blue boat on the right, on the sea",
+    "a big yellow sun at the top, at sunset",
+    "two small white clouds in the middle and a large brown house below, on the grass",
+    "three small yellow stars at the top and a large white snowman in the center, in the snow at night",
     "a sunset over the sea",
 ]
 
@@ -121,7 +122,7 @@ class WordsVsWorldsTab:
 
     def note(self, prompt: str) -> str:
         """A word under the image when the prompt is outside what the diffusion model knows."""
-        return world_note(prompt) if self.preset.shapes_world else ""
+        return world_note(prompt) if self.preset.storybook_world else ""
 
     @on_gpu(duration=120)
     def generate_text(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0, top_k: int = 0,
@@ -161,7 +162,7 @@ class WordsVsWorldsTab:
         """Draw a picture with the diffusion model, step by step from noise.
 
         Args:
-            prompt: what to draw (1 to 2,000 characters); the offline model knows only its shapes world.
+            prompt: what to draw (1 to 2,000 characters); the offline model knows only its storybook world.
             steps: denoising steps (1 to 100).
             guidance_scale: classifier-free guidance (0 to 30; above 1, two U-Net passes per step).
             negative_prompt: what to steer away from.

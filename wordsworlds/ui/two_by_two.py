@@ -22,8 +22,8 @@ from ..worlds.repaint import RepaintFrame
 from .common import Pace, format_seconds, scroll_into_view, user_errors
 from .replay import Replay
 
-EXAMPLE_BLANKS = "a ___ blue ___ on the right"
-EXAMPLE_NEW_PROMPT = "a large yellow triangle on the left and a small blue square on the right"
+EXAMPLE_BLANKS = "a ___ blue ___ on the right, on the sea at ___"
+EXAMPLE_NEW_PROMPT = "a large yellow sun on the left and a small blue boat on the right, on the sea"
 PLACES = ("left", "right", "top", "bottom", "center")
 MASKED = "▢"
 
@@ -169,7 +169,7 @@ class TwoByTwo:
         """Fill the blanks of a caption: masked diffusion fills them in place; next-token can only continue.
 
         Args:
-            blanks: a caption with ___ for each missing word, in the shapes world's words
+            blanks: a caption with ___ for each missing word, in the storybook world's words
                 (e.g. "a ___ red ___ on the left").
             prompt: a request the caption should also describe (default: none, any scene that fits the
                 given words).
@@ -234,7 +234,7 @@ class TwoByTwo:
             elem_classes="ww-intro",
         )
         with gr.Row(equal_height=False):
-            prompt = gr.Textbox(label="Prompt", value="a large red circle on the left and a small blue square on the right",
+            prompt = gr.Textbox(label="Prompt", value="a large red cat on the left and a small blue boat on the right, on the sea",
                                 lines=2, max_lines=4, scale=4, min_width=240, elem_id="ww-four-prompt")
             with gr.Row(elem_classes="ww-run-row"):
                 run = gr.Button("Run all four", variant="primary", elem_id="ww-run-four", scale=3, min_width=100)

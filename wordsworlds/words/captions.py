@@ -19,10 +19,10 @@ next-token model can only continue from the words before the first blank.
     >>> from wordsworlds.words.captions import Captioner
     >>> writer = Captioner.load(get_preset("tiny"), "masked_diffusion")
     >>> frame = None
-    >>> for frame in writer.stream("draw a big red disc at the left"):
+    >>> for frame in writer.stream("draw a big red kitten at the left"):
     ...     pass
     >>> frame.caption
-    'a large red circle on the left'
+    'a large red cat on the left'
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class CaptionFrame:
             if word == END:
                 break
             out.append("___" if word is None else word)
-        return " ".join(out).strip()
+        return " ".join(out).replace(" ,", ",").strip()  # as the tokenizer decodes: "right, on the sea"
 
 
 END = "[EOS]"
@@ -121,7 +121,7 @@ class Captioner:
         """The template's word ids, None for each blank; a clear message for anything malformed."""
         if not isinstance(blanks, str):
             raise InputError(f"blanks must be text, got {type(blanks).__name__}")
-        words = blanks.split()
+        words = blanks.replace(",", " , ").split()  # a comma is a word of the captions ("right, on the sea")
         if not words:
             raise InputError('blanks is empty; write a caption with ___ for each missing word, e.g. "a ___ red ___ on the left"')
         odd = [w for w in words if "_" in w and not BLANK.match(w)]
@@ -135,7 +135,7 @@ class Captioner:
         unknown = [w for w in words if not BLANK.match(w) and w.lower() not in vocabulary]
         if unknown:
             raise InputError(f"the caption models do not know {', '.join(map(repr, unknown[:4]))}; "
-                             "use the shapes world's words (shapes, colours, sizes, places)")
+                             "use the storybook world's words (things, colours, sizes, places, skies and grounds)")
         return [None if BLANK.match(w) else vocabulary[w.lower()] for w in words]
 
     # ------------------------------------------------------------ the two processes

@@ -1,11 +1,13 @@
 """A GenEval-style checker: what was asked vs what the recognizer read, per category.
 
-Categories follow GenEval (Ghosh et al., 2023), adapted to the shapes world:
-single object, two objects (every asked object present), counting, colour, shape,
-size, position, and colour binding (with two or more objects, each colour on the right shape).
+Categories follow GenEval (Ghosh et al., 2023), adapted to the storybook world: single
+object, two objects (every asked kind present), counting (as many objects, and as many of
+each thing, as asked), colour, size, position, and colour binding (with two or more
+objects, each colour on the right kind); and the world's own: the kind of each thing, and
+the background (only where the request names one).
 
     >>> from wordsworlds.world.scene import parse_caption
-    >>> asked = parse_caption("a large red circle on the left")
+    >>> asked = parse_caption("a large red cat on the left, at night")
     >>> check(asked, asked).passed
     True
 """
@@ -16,7 +18,9 @@ from dataclasses import dataclass, field
 
 from .scene import Scene, SceneError, WorldObject
 
-CATEGORIES = ("single object", "two objects", "counting", "colour", "shape", "size", "position", "colour binding")
+ATTRIBUTES = ("kind", "colour", "size", "count", "position")
+CATEGORIES = ("single object", "two objects", "counting", "colour", "kind", "size", "position", "colour binding",
+              "background")
 
 
 @dataclass
@@ -37,15 +41,15 @@ class CheckResult:
 
 
 def match(asked: WorldObject, seen: list[WorldObject]) -> WorldObject | None:
-    """The seen object that stands for an asked one: the same shape and colour (at the asked
-    place if there are several), else whatever is at the asked place, else the same shape."""
-    same_kind = [o for o in seen if (o.shape, o.colour) == (asked.shape, asked.colour)]
+    """The seen object that stands for an asked one: the same kind and colour (at the asked
+    place if there are several), else whatever is at the asked place, else the same kind."""
+    same_kind = [o for o in seen if (o.kind, o.colour) == (asked.kind, asked.colour)]
     if same_kind:
         return next((o for o in same_kind if o.position == asked.position), same_kind[0])
     at_place = [o for o in seen if o.position == asked.position]
     if at_place:
         return at_place[0]
-    return next((o for o in seen if o.shape == asked.shape), None)
+    return next((o for o in seen if o.kind == asked.kind), None)
 
 
 def check(asked: Scene, seen: Scene | None) -> CheckResult:
@@ -57,34 +61,39 @@ def check(asked: Scene, seen: Scene | None) -> CheckResult:
     result = CheckResult()
     seen_objects = list(seen.objects) if seen else []
 
-    def present(obj):  # an object of the right shape and colour anywhere
-        return any(o.shape == obj.shape and o.colour == obj.colour for o in seen_objects)
+    def present(obj):  # a thing of the right kind and colour anywhere
+        return any(o.kind == obj.kind and o.colour == obj.colour for o in seen_objects)
 
     if len(asked.objects) == 1:
         result.checks["single object"] = present(asked.objects[0])
     else:
-        # GenEval's "two objects": every asked shape is there, whatever its colour.
-        result.checks["two objects"] = all(any(o.shape == a.shape for o in seen_objects) for a in asked.objects)
+        # GenEval's "two objects": every asked kind is there, whatever its colour.
+        result.checks["two objects"] = all(any(o.kind == a.kind for o in seen_objects) for a in asked.objects)
         result.checks["colour binding"] = all(present(o) for o in asked.objects)
     result.checks["counting"] = len(seen_objects) == len(asked.objects)
     if not result.checks["counting"]:
         result.findings.append(f"asked for {len(asked.objects)} objects, saw {len(seen_objects)}")
+    if asked.background is not None:
+        result.checks["background"] = seen is not None and seen.background == asked.background
+        if not result.checks["background"]:
+            result.findings.append(f"the background came out {seen.background if seen else 'unreadable'}, "
+                                   f"not {asked.background}")
 
-    for category in ("colour", "shape", "size", "position"):
+    for category in ("colour", "kind", "size", "position"):
         result.checks[category] = True
     for obj in asked.objects:
         there = match(obj, seen_objects)
         if there is None:
-            for category in ("colour", "shape", "size", "position"):
+            for category in ("colour", "kind", "size", "position", "counting"):
                 result.checks[category] = False
             result.findings.append(f"{obj.phrase()}: nothing like it in the picture")
             continue
-        for attribute in ("colour", "shape", "size", "position"):
+        for attribute in ATTRIBUTES:
             if getattr(there, attribute) != getattr(obj, attribute):
-                result.checks[attribute] = False
+                result.checks["counting" if attribute == "count" else attribute] = False
                 result.findings.append(f"{obj.phrase()}: the {attribute} came out {getattr(there, attribute)}")
     if result.checks.get("single object") is False or result.checks.get("two objects") is False:
         for obj in asked.objects:
             if not present(obj):
-                result.findings.append(f"no {obj.colour} {obj.shape} anywhere")
+                result.findings.append(f"no {obj.colour} {obj.kind} anywhere")
     return result

@@ -1,9 +1,9 @@
-"""The shapes-world recognizer: reads an image back into a scene (the tiny preset's describer).
+"""The storybook recognizer: reads an image back into a scene (the tiny preset's describer).
 
-A small convolutional network with one classifier per position: each of the five places
-on the canvas is either empty or holds one of 36 objects (3 shapes x 6 colours x 2 sizes).
-Trained on freshly drawn scenes, with blur and noise so that it also reads the softer
-images the diffusion model paints.
+A small convolutional network with one read-out per question: which background, and for each
+of the five places, which kind of thing stands there (or nothing), in which colour and size,
+and how many of it. Trained on freshly drawn scenes, with blur and noise so that it also
+reads the softer images the diffusion model paints.
 
     >>> from wordsworlds.world.recognizer import Recognizer
     >>> recognizer = Recognizer.load()          # the shipped weights
@@ -12,39 +12,62 @@ images the diffusion model paints.
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .draw import IMAGE_SIZE
-from .scene import COLOURS, POSITIONS, SHAPES, SIZES, Scene, WorldObject
+from .scene import BACKGROUNDS, COLOURS, COUNTS, KINDS, MAX_OBJECTS, POSITIONS, SIZES, Scene, WorldObject
 
 RECOGNIZER_DIR = Path(__file__).parent / "recognizer"
-# Slot class 0 is "empty"; classes 1.. are every (shape, colour, size).
-OBJECT_CLASSES = list(itertools.product(SHAPES, COLOURS, SIZES))
-NUM_CLASSES = 1 + len(OBJECT_CLASSES)
+# The questions asked of every place: kind 0 is "nothing here"; the other answers count only
+# where something is.
+SLOT_FIELDS = (("kind", (None, *KINDS)), ("colour", COLOURS), ("size", SIZES), ("count", COUNTS))
+NUM_LOGITS = len(BACKGROUNDS) + len(POSITIONS) * sum(len(values) for _, values in SLOT_FIELDS)
+IGNORE = -100  # cross-entropy's ignore_index: no colour, size or count at an empty place
 
 
 def scene_to_labels(scene: Scene) -> list[int]:
-    labels = [0] * len(POSITIONS)
-    for o in scene.objects:
-        labels[POSITIONS.index(o.position)] = 1 + OBJECT_CLASSES.index((o.shape, o.colour, o.size))
+    """[background, then kind, colour, size, count for each of the five places]."""
+    labels = [BACKGROUNDS.index(scene.background or "day")]
+    by_place = {o.position: o for o in scene.objects}
+    for position in POSITIONS:
+        obj = by_place.get(position)
+        if obj is None:
+            labels += [0] + [IGNORE] * (len(SLOT_FIELDS) - 1)
+        else:
+            labels += [values.index(getattr(obj, name)) for name, values in SLOT_FIELDS]
     return labels
 
 
 def labels_to_scene(labels) -> Scene | None:
+    labels = [int(v) for v in labels]
     objects = []
-    for position, label in zip(POSITIONS, labels):
-        if label:
-            shape, colour, size = OBJECT_CLASSES[int(label) - 1]
-            objects.append(WorldObject(position, shape, colour, size))
-    return Scene(tuple(objects)) if 0 < len(objects) <= 3 else None
+    for i, position in enumerate(POSITIONS):
+        answers = labels[1 + i * len(SLOT_FIELDS): 1 + (i + 1) * len(SLOT_FIELDS)]
+        if answers[0]:
+            values = {name: options[answer] for (name, options), answer in zip(SLOT_FIELDS, answers)}
+            objects.append(WorldObject(position, **values))
+    return Scene(tuple(objects), BACKGROUNDS[labels[0]]) if 0 < len(objects) <= MAX_OBJECTS else None
+
+
+def split_logits(logits: torch.Tensor) -> list[torch.Tensor]:
+    """(N, NUM_LOGITS) -> one (N, options) tensor per question, in scene_to_labels' order."""
+    sizes = [len(BACKGROUNDS)] + [len(values) for _ in POSITIONS for _, values in SLOT_FIELDS]
+    return list(logits.split(sizes, dim=-1))
+
+
+def scene_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every question that has an answer."""
+    losses = [F.cross_entropy(part, labels[:, i], ignore_index=IGNORE, reduction="sum")
+              for i, part in enumerate(split_logits(logits))]
+    return torch.stack(losses).sum() / (labels != IGNORE).sum().clamp(min=1)
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -65,16 +88,17 @@ class RecognizerNet(nn.Module):
         def block(cin, cout):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 
+        # The first layer keeps the full 64x64 resolution: a small thing of a group of three is
+        # 7 pixels across, and its kind is in those pixels.
+        stem = nn.Sequential(nn.Conv2d(3, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2), nn.ReLU())
         self.features = nn.Sequential(
-            block(3, width), block(width, width * 2), block(width * 2, width * 4), block(width * 4, width * 4)
+            stem, block(width // 2, width), block(width, width * 2), block(width * 2, width * 4), block(width * 4, width * 4)
         )
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(width * 4 * 16, 256), nn.ReLU(), nn.Linear(256, len(POSITIONS) * NUM_CLASSES)
-        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 4 * 16, 384), nn.ReLU(), nn.Linear(384, NUM_LOGITS))
         self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).view(-1, len(POSITIONS), NUM_CLASSES)
+        return self.head(self.features(x))
 
 
 class Recognizer:
@@ -103,13 +127,14 @@ class Recognizer:
 
     @torch.no_grad()
     def read_labels(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, confidences), each of shape (N, 5)."""
+        """(labels, confidences), each of shape (N, 21): the answers in scene_to_labels' order."""
         device = next(self.net.parameters()).device
-        probs = self.net(images_to_tensor(images).to(device)).softmax(-1)
-        confidence, labels = probs.max(-1)
+        parts = [part.softmax(-1).max(-1) for part in split_logits(self.net(images_to_tensor(images).to(device)))]
+        labels = torch.stack([p.indices for p in parts], dim=1)
+        confidence = torch.stack([p.values for p in parts], dim=1)
         return labels.cpu().numpy(), confidence.cpu().numpy()
 
     def read(self, images) -> list[Scene | None]:
-        """The scene each image shows; None where it shows no valid scene (empty or >3 objects)."""
+        """The scene each image shows; None where it shows no valid scene (nothing, or more than three objects)."""
         labels, _ = self.read_labels(images)
         return [labels_to_scene(row) for row in labels]

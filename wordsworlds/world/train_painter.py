@@ -7,13 +7,15 @@ The autoregressive image model of the two-by-two (in the line of DALL-E and Part
 size): the caption's words, then the picture as 8x8 codes of the miniature VAE's latents in
 raster order (image_tokens.py), decoded by the same VAE as the miniature Stable Diffusion's.
 Stages, each resumable from `--run-dir`:
-1. codes   - draw the training scenes, encode them with the miniature VAE, fit the codebook
-             (k-means), store every picture as 64 codes;
-2. painter - next-token cross-entropy on the picture's codes, 10% of captions empty (so that
-             classifier-free guidance can be used, as Parti does).
+1. latents         - draw the training scenes and encode them with the miniature VAE;
+2. image_tokenizer - a small VQ model learns to put those latents through a codebook
+                     (image_tokens.py); every picture is then stored as its 64 codes;
+3. painter         - next-token cross-entropy on the picture's codes, 10% of captions empty (so
+                     that classifier-free guidance can be used, as Parti does).
 One layout for every sequence: `[PAD]... [BOS] caption [SEP] code_1 ... code_64`, the caption
 left-padded to `prompt_length`, positions absolute. The folder loads with
-`AutoModelForCausalLM` and `AutoTokenizer`; the codebook sits beside them.
+`AutoModelForCausalLM` and `AutoTokenizer`; the image tokenizer (a diffusers `VQModel`) sits
+in its `image_tokenizer/` subfolder.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from tqdm.auto import tqdm
 from .checker import check
 from .draw import draw_scene
 from .evaluate import prompt_set
-from .image_tokens import ImageTokenizer, fit_image_tokenizer
-from .recognizer import Recognizer
+from .image_tokens import ImageTokenizer, TokenizerConfig, build_vq
+from .recognizer import RECOGNIZER_DIR, Recognizer
 from .scene import caption, parse_caption, random_scene
 from .train import WEIGHTS_DIR, images_tensor, train_alone
 from .train_captions import build_tokenizer_for_world, encode_requests
@@ -56,7 +58,11 @@ class PainterModelConfig:
 class PainterTrainConfig:
     seed: int = 0
     scenes: int = 30000
-    codes: int = 256
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # image_tokens.py
+    tokenizer_steps: int = 4000
+    tokenizer_batch: int = 64
+    tokenizer_lr: float = 1e-3
+    restart_every: int = 250  # codes no batch used in that many steps restart at an encoder output
     batch_size: int = 64
     steps: int = 3000
     lr: float = 1e-3
@@ -69,7 +75,8 @@ class PainterTrainConfig:
 
     @classmethod
     def toy(cls) -> "PainterTrainConfig":
-        return cls(scenes=64, codes=8, batch_size=4, steps=3, warmup_steps=1, checkpoint_every=2, eval_prompts=2,
+        return cls(scenes=64, tokenizer=TokenizerConfig.toy(), tokenizer_steps=3, tokenizer_batch=4, restart_every=2,
+                   batch_size=4, steps=3, warmup_steps=1, checkpoint_every=2, eval_prompts=2,
                    model=PainterModelConfig(hidden=16, layers=1, heads=2))
 
 
@@ -88,12 +95,12 @@ def build_painter(config: PainterModelConfig, tokenizer, positions: int):
 
 
 @torch.no_grad()
-def encode_scenes(config: PainterTrainConfig, vae, run_dir: Path):
-    """Stage 1: every training scene drawn, encoded and turned into codes (cached in run_dir)."""
-    path = run_dir / "codes.pt"
+def encode_scenes(config: PainterTrainConfig, vae, run_dir: Path) -> tuple[list, torch.Tensor]:
+    """Stage 1: every training scene drawn and encoded by the VAE (cached in run_dir)."""
+    path = run_dir / "latents.pt"
     if path.exists():
         data = torch.load(path, weights_only=False)
-        return data["scenes"], ImageTokenizer(data["codebook"], data["grid"]), data["codes"]
+        return data["scenes"], data["latents"]
     rng = random.Random(f"{config.seed}-painter-scenes")
     scenes = [random_scene(rng) for _ in range(config.scenes)]  # held-out pairs excluded
     chunks = []
@@ -101,10 +108,50 @@ def encode_scenes(config: PainterTrainConfig, vae, run_dir: Path):
         images = [draw_scene(s, rng=rng, jitter=1.0) for s in scenes[start:start + 250]]
         chunks.append(vae.encode(images_tensor(images)).latent_dist.mode())
     latents = torch.cat(chunks)
-    tokenizer = fit_image_tokenizer(latents[: min(len(latents), 4000)], config.codes, config.seed)
-    codes = torch.cat([tokenizer.encode(latents[i:i + 1000]) for i in range(0, len(latents), 1000)])
-    torch.save({"scenes": scenes, "codebook": tokenizer.codebook, "grid": tokenizer.grid, "codes": codes}, path)
-    return scenes, tokenizer, codes
+    torch.save({"scenes": scenes, "latents": latents}, path)
+    return scenes, latents
+
+
+def train_image_tokenizer(config: PainterTrainConfig, latents: torch.Tensor, scaling_factor: float,
+                          run_dir: Path) -> tuple[ImageTokenizer, float]:
+    """Stage 2: the VQ model (image_tokens.py) learns to put the VAE's latents through its codebook: mean
+    squared error on the (unit-variance) latents plus the codebook's own loss. Codes that no batch picked
+    in `restart_every` steps start again at one of the current batch's encoder outputs."""
+    torch.manual_seed(config.seed)
+    vq = build_vq(config.tokenizer, latents.shape[1], latents.shape[-1], scaling_factor)
+    tokens = ImageTokenizer(vq)
+    used = torch.zeros(config.tokenizer.codes, dtype=torch.bool)
+
+    def loss_fn(step):
+        rows = torch.randint(0, len(latents), (config.tokenizer_batch,),
+                             generator=torch.Generator().manual_seed(config.seed * 100003 + step))
+        x = latents[rows]
+        if step % config.restart_every == 0 and step > 0:
+            with torch.no_grad():
+                dead = (~used).nonzero().flatten()
+                pool = tokens.pre_codes(x).permute(0, 2, 3, 1).reshape(-1, config.tokenizer.code_dim)
+                pick = torch.randint(0, len(pool), (len(dead),), generator=torch.Generator().manual_seed(step))
+                vq.quantize.embedding.weight.data[dead] = pool[pick]
+                used.zero_()
+        quantized, codebook_loss, (_, _, ids) = vq.quantize(tokens.pre_codes(x))
+        used[ids.flatten()] = True
+        out = vq.decode(quantized, force_not_quantize=True).sample
+        return F.mse_loss(out, x * scaling_factor) + codebook_loss
+
+    seconds = train_alone("image_tokenizer", vq, run_dir, config.tokenizer_steps, config.checkpoint_every,
+                          config.tokenizer_lr, config.warmup_steps, loss_fn)
+    return ImageTokenizer(vq.eval()), seconds
+
+
+@torch.no_grad()
+def encode_codes(tokens: ImageTokenizer, latents: torch.Tensor, run_dir: Path) -> torch.Tensor:
+    """Stage 3: every training picture as its codes (cached in run_dir)."""
+    path = run_dir / "codes.pt"
+    if path.exists():
+        return torch.load(path)
+    codes = torch.cat([tokens.encode(latents[i:i + 1000]) for i in range(0, len(latents), 1000)])
+    torch.save(codes, path)
+    return codes
 
 
 def train_painter_model(config: PainterTrainConfig, tokenizer, scenes, codes, code_offset: int, run_dir: Path):
@@ -167,11 +214,14 @@ def evaluate_painter(model, tokenizer, image_tokenizer, vae, recognizer, prompt_
 
 
 def train_painter(config: PainterTrainConfig, out: Path = PAINTER_DIR, run_dir: Path = Path("runs/painter"),
-                  vae_folder: Path = WEIGHTS_DIR) -> dict:
+                  vae_folder: Path = WEIGHTS_DIR, recognizer_folder: Path = RECOGNIZER_DIR) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     vae = AutoencoderKL.from_pretrained(vae_folder, subfolder="vae").eval()
-    scenes, image_tokenizer, codes = encode_scenes(config, vae, run_dir)
+    scenes, latents = encode_scenes(config, vae, run_dir)
+    image_tokenizer, tokenizer_seconds = train_image_tokenizer(config, latents, vae.config.scaling_factor, run_dir)
+    codes = encode_codes(image_tokenizer, latents, run_dir)
+    del latents
     words = build_tokenizer_for_world(config.seed)
     code_offset = len(words)
     tokenizer = words
@@ -184,9 +234,9 @@ def train_painter(config: PainterTrainConfig, out: Path = PAINTER_DIR, run_dir: 
     image_tokenizer.save(out)
     (out / LAYOUT_FILE).write_text(json.dumps({"prompt_length": config.prompt_length, "code_offset": code_offset},
                                               indent=2))
-    recognizer = Recognizer.load()
+    recognizer = Recognizer.load(recognizer_folder)
     summary = {"train_config": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
-               "train_seconds": round(seconds, 1)}
+               "train_seconds": round(seconds, 1), "image_tokenizer_train_seconds": round(tokenizer_seconds, 1)}
     rng = random.Random(f"{config.seed}-tokenizer-check")
     check_scenes = [random_scene(rng, held_out="any") for _ in range(300)]
     with torch.no_grad():

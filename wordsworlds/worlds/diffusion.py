@@ -7,7 +7,7 @@ meter: U-Net evaluations (steps x 2 with guidance), time per step, total.
     >>> from wordsworlds.presets import get_preset
     >>> from wordsworlds.worlds.diffusion import ImageGenerator
     >>> engine = ImageGenerator.load(get_preset("tiny"))    # the preset's diffusion model
-    >>> result = engine.render("a large red circle on the left", steps=20, seed=0)
+    >>> result = engine.render("a large red cat on the left", steps=20, seed=0)
     >>> result.image.size
     (64, 64)
 """

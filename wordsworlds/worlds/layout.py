@@ -1,11 +1,11 @@
 """Layout-grounded rendering: each planned object denoised in its own region of the canvas.
 
-A text prompt asks the U-Net to bind every colour to the right shape and place at once,
+A text prompt asks the U-Net to bind every colour to the right thing and place at once,
 which is where small diffusion models fail most (GenEval's "colour binding"). A plan is
 more than a prompt: it is a layout. LLM-grounded diffusion (Lian et al., 2023) uses the
 LLM's layout to steer generation region by region; here that is done the MultiDiffusion way
 (Bar-Tal et al., 2023), which needs no new weights. At every step the U-Net sees the whole
-caption once and each object's own phrase once ("a large red circle on the left"); each
+caption once and each object's own phrase once ("a large red cat on the left, at night"); each
 guided prediction is kept inside its object's region, the whole-caption one everywhere
 else, and the scheduler steps on the blend. Every region asks for one object only, so
 there is nothing to bind. The hybrid loop uses it to redraw only the objects that failed,
@@ -26,7 +26,7 @@ from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
 
 from ..world.draw import CENTRES, RADIUS
-from ..world.scene import Scene
+from ..world.scene import Scene, caption
 from .diffusion import RenderStats, check_output
 
 # How far a region reaches beyond its object's drawn extent, as a fraction of the canvas:
@@ -44,7 +44,7 @@ def region_masks(scene: Scene, latent_size: int) -> torch.Tensor:
     nearest = np.full((latent_size, latent_size), np.inf)
     for index, obj in enumerate(scene.objects, start=1):
         cx, cy = CENTRES[obj.position]
-        reach = RADIUS[obj.size] * 1.05 + REGION_MARGIN  # triangles reach 1.05 radii
+        reach = RADIUS[obj.size] * 1.2 + REGION_MARGIN  # a group of two or three reaches 1.2 radii
         distance = np.maximum(np.abs(xs - cx), np.abs(ys - cy)) / reach
         inside = (distance < 1) & (distance < nearest)
         owner[inside], nearest[inside] = index, distance[inside]
@@ -76,8 +76,8 @@ def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5
     stats = RenderStats()
     scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
-    whole = " and ".join(o.phrase() for o in scene.objects)
-    prompts = [whole] + ([o.phrase() for o in scene.objects] if regional else [])
+    # Each region's prompt keeps the background, so the sky and ground agree across regions.
+    prompts = [caption(scene)] + ([caption(Scene((o,), scene.background)) for o in scene.objects] if regional else [])
     cond, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
     embeddings = torch.cat([uncond[:1], cond])  # one unconditional row serves every prompt
     size = pipe.unet.config.sample_size
@@ -99,11 +99,7 @@ def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5
         blended = (blend * guided).sum(dim=0, keepdim=True)
         latents = scheduler.step(blended, t, latents).prev_sample
         if keep is not None:
-            if i + 1 < len(scheduler.timesteps):
-                known = scheduler.add_noise(kept, kept_noise, scheduler.timesteps[i + 1 : i + 2])
-            else:
-                known = kept
-            latents = keep_mask * known + (1 - keep_mask) * latents
+            latents = hold_kept(scheduler, i, latents, kept, kept_noise, keep_mask)
         now = time.perf_counter()
         stats.step_times_s.append(now - last)
         stats.steps += 1
@@ -115,6 +111,15 @@ def render_layout(pipe, scene: Scene, steps: int = 20, guidance_scale: float = 5
     stats.total_s = time.perf_counter() - started
     stats.stopped_by = "done"
     return LayoutResult(image, stats, masks.cpu(), latents.cpu(), warnings)
+
+
+def hold_kept(scheduler, index: int, latents: torch.Tensor, kept: torch.Tensor, noise: torch.Tensor,
+              keep_mask: torch.Tensor) -> torch.Tensor:
+    """After scheduler step `index`: the kept latents where `keep_mask` is 1, noised to the next step's level
+    (clean after the last), the new ones elsewhere. How diffusers' inpainting holds what it keeps."""
+    if index + 1 < len(scheduler.timesteps):
+        kept = scheduler.add_noise(kept, noise, scheduler.timesteps[index + 1 : index + 2])
+    return keep_mask * kept + (1 - keep_mask) * latents
 
 
 def repaint_mask(masks: torch.Tensor, scene: Scene, seen: Scene | None) -> torch.Tensor:

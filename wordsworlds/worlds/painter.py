@@ -9,7 +9,7 @@ way a left-to-right model can change a picture.
 
     >>> from wordsworlds.worlds.painter import Painter
     >>> painter = Painter.load(get_preset("tiny"))                   # doctest: +SKIP
-    >>> for frame in painter.stream("a large red circle on the left"):  # doctest: +SKIP
+    >>> for frame in painter.stream("a large red cat on the left"):  # doctest: +SKIP
     ...     print(frame.step, frame.picture is not None)
 """
 
@@ -97,7 +97,7 @@ class Painter:
 
     @torch.no_grad()
     def encode_picture(self, picture: Image.Image) -> torch.Tensor:
-        """A picture's image tokens [1, cells] (the VAE's latents, then the nearest codes)."""
+        """A picture's image tokens [1, cells] (the VAE's latents, then their codes)."""
         pixels = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
         latents = self.vae.encode(pixels / 127.5 - 1).latent_dist.mode()
         return self.image_tokenizer.encode(latents)

@@ -1,7 +1,8 @@
 """Repaint one region of a finished picture: what denoising can do and next-token painting cannot.
 
 Denoising repaints in place: diffusers' `StableDiffusionInpaintPipeline`, built from the
-text-to-image pipeline's own parts (`from_pipe`); with a plain 4-channel U-Net it denoises
+text-to-image pipeline's own parts (`from_pipe`; for a U-Net of other than 4 latent channels, its loop as
+`inpaint_plain_unet`); with a plain U-Net it denoises
 the whole canvas and, after every step, puts back the original outside the region, noised
 to that step's level (Lugmayr et al.'s RePaint idea, without resampling). The pixels outside
 the region are then pasted back exactly (diffusers' `apply_overlay`).
@@ -28,8 +29,9 @@ from PIL import Image, ImageDraw
 
 from ..errors import InputError, check_prompt
 from ..world.draw import CENTRES, RADIUS
+from .layout import hold_kept
 
-REGION_MARGIN = 4  # pixels around the largest shape at a named place
+REGION_MARGIN = 4  # pixels around the largest thing at a named place
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Region:
 
 def named_region(place: str, size: int) -> Region:
     cx, cy = (round(c * size) for c in CENTRES[place])
-    half = round(RADIUS["large"] * size * 1.05) + REGION_MARGIN
+    half = round(RADIUS["large"] * size * 1.2) + REGION_MARGIN
     x0, y0 = max(0, cx - half), max(0, cy - half)
     x1, y1 = min(size, cx + half), min(size, cy + half)
     return Region(x0, y0, x1 - x0, y1 - y0)
@@ -123,10 +125,13 @@ def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, step
 
     def run():
         try:
-            out = inpaint(prompt, image=picture, mask_image=mask, height=size, width=size, strength=1.0,
-                          num_inference_steps=steps, guidance_scale=guidance_scale,
-                          generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step)
-            final = inpaint.image_processor.apply_overlay(mask, picture, out.images[0])
+            if pipe.unet.config.in_channels in (4, 9):
+                out = inpaint(prompt, image=picture, mask_image=mask, height=size, width=size, strength=1.0,
+                              num_inference_steps=steps, guidance_scale=guidance_scale,
+                              generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step).images[0]
+            else:
+                out = inpaint_plain_unet(inpaint, picture, mask, prompt, steps, guidance_scale, seed, on_step)
+            final = inpaint.image_processor.apply_overlay(mask, picture, out)
             frames.put(RepaintFrame(steps, steps, final, time.perf_counter() - started, done=True,
                                     unet_evaluations=steps * per_step))
         except BaseException as error:
@@ -142,3 +147,40 @@ def repaint_stream(pipe, picture: Image.Image, prompt: str, region: Region, step
         if item.done or should_stop():
             break
     worker.join()
+
+
+@torch.no_grad()
+def inpaint_plain_unet(inpaint, picture: Image.Image, mask: Image.Image, prompt: str, steps: int,
+                       guidance_scale: float, seed: int, on_step) -> Image.Image:
+    """diffusers' inpainting loop for a plain U-Net (strength 1), for any number of latent channels.
+    `StableDiffusionInpaintPipeline` runs this loop only when the U-Net reads 4 channels, and refuses
+    others; the storybook world's VAE has 8. Same steps: start from noise, and after every scheduler step
+    put back the original's latents outside the region, noised to the next step's level."""
+    device, dtype = inpaint.unet.device, inpaint.unet.dtype
+    scheduler = type(inpaint.scheduler).from_config(inpaint.scheduler.config)  # a run's own state
+    scheduler.set_timesteps(steps, device=device)
+    guided = guidance_scale > 1
+    embeds, negative = inpaint.encode_prompt(prompt, device, 1, guided)
+    if guided:
+        embeds = torch.cat([negative, embeds])
+    vae, size = inpaint.vae, picture.width
+    image = inpaint.image_processor.preprocess(picture, height=size, width=size).to(device, vae.dtype)
+    original = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
+    region = inpaint.mask_processor.preprocess(mask, height=size, width=size)
+    region = torch.nn.functional.interpolate(region, size=original.shape[-2:]).to(device, dtype)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(original.shape, generator=generator, dtype=torch.float32).to(device, dtype)
+    latents = noise * scheduler.init_noise_sigma
+    for index, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+        prediction = inpaint.unet(model_input, t, encoder_hidden_states=embeds).sample
+        if guided:
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + guidance_scale * (conditional - unconditional)
+        latents = hold_kept(scheduler, index, scheduler.step(prediction, t, latents).prev_sample, original, noise,
+                            1 - region)
+        on_step(inpaint, index, t, {"latents": latents})
+        if getattr(inpaint, "_interrupt", False):
+            break
+    pixels = vae.decode(latents / vae.config.scaling_factor).sample
+    return inpaint.image_processor.postprocess(pixels, output_type="pil")[0]
