@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from wordsworlds.errors import InputError
+from wordsworlds.presets import get_preset
 from wordsworlds.words.captions import Captioner
 from wordsworlds.worlds.painter import Painter
-from wordsworlds.two_by_two import Before, fill_blanks, repaint, run_two_by_two
+from wordsworlds.two_by_two import Before, fill_blanks, picture_lanes_measured, repaint, run_two_by_two
 from wordsworlds.world.scene import parse_caption
 from wordsworlds.world.train_captions import write_captions
 from wordsworlds.world.train_painter import paint
@@ -230,3 +232,20 @@ def test_batched_runs_write_what_each_writes_alone(writers, painter):
     assert md.loop.largest_batch > 1 and paint_loop.loop.largest_batch > 1
     assert {r: results[("md", r)] for r in REQUESTS} == alone_md
     assert {r: results[("paint", r)] for r in REQUESTS} == alone_paint
+
+
+def test_the_picture_lanes_say_what_their_own_evaluations_measured(tmp_path):
+    painter, diffusion = tmp_path / "painter", tmp_path / "diffusion"
+    painter.mkdir(), diffusion.mkdir()
+    (painter / "training_summary.json").write_text(json.dumps(
+        {"train_config": {"steps": 1234}, "evaluation": {"in_distribution": {"overall": 0.07}}}))
+    (diffusion / "training_summary.json").write_text(json.dumps(
+        {"unet_step": 4321, "evaluation": {"in_distribution": {"overall": 0.555}}}))
+    preset = get_preset("tiny", painter=str(painter), diffusion=str(diffusion))
+    said = picture_lanes_measured(preset)
+    assert "the painter draws 7% of scenes exactly, denoising 56%" in said
+    assert "1,234 steps, the U-Net 4,321" in said
+    # A lane without a summary (a Hub model) or with a malformed one: nothing said.
+    assert picture_lanes_measured(get_preset("tiny", painter=str(tmp_path / "none"))) == ""
+    (painter / "training_summary.json").write_text("{not json")
+    assert picture_lanes_measured(preset) == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -236,3 +237,25 @@ def test_a_caption_can_say_the_things_in_a_given_order():
     assert caption(scene, random.Random(0), order).index(order[0].colour) < caption(scene, random.Random(0), order).index(order[1].colour)
     with pytest.raises(ValueError, match="own objects"):
         caption(scene, order=order[:1])
+
+
+def test_the_world_tokenizer_is_the_same_in_every_process():
+    """The BPE trainer numbers word-final characters ("a</w>", ",</w>") in hash-map order; build_tokenizer
+    renumbers them, so a tokenizer rebuilt in another process (a resumed training run) gives the ids the
+    text encoder trained with."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, random\n"
+        "from wordsworlds.world.components import build_tokenizer\n"
+        "from wordsworlds.world.scene import caption, random_scene\n"
+        "rng = random.Random('0-corpus')\n"
+        "tok = build_tokenizer([caption(random_scene(rng, held_out='any'), rng) for _ in range(2000)], 40)\n"
+        "print(json.dumps(sorted(tok.get_vocab().items())))\n"
+    )
+    vocabs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+              for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    vocab = dict(json.loads(vocabs[0]))
+    assert vocab[",</w>"] < vocab["a</w>"] < vocab["s</w>"]  # in sorted order

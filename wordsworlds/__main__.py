@@ -278,18 +278,19 @@ def cmd_doctor(args, preset: Preset) -> int:
 def cmd_evaluate(args, preset: Preset) -> int:
     recipe = preset.recipe
     guidance_scale = recipe.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    steps = recipe.steps if args.steps is None else args.steps
     if args.weights:
         preset = replace(preset, diffusion=str(Path(args.weights).resolve()))
     if not preset.storybook_world:
         raise InputError(f"the evaluation reads pictures back with the storybook-world recognizer; the preset "
                          f"{preset.name!r} has none (use --preset tiny)")
     if args.hybrid:
-        report = evaluate_hybrid(preset, steps=args.steps, guidance_scale=guidance_scale)
+        report = evaluate_hybrid(preset, steps=steps, guidance_scale=guidance_scale)
         print(json.dumps(report, indent=2) if args.json else format_hybrid_report(report))
         return 0
     pipe = pipeline_with_scheduler(load_diffusion(preset).pipe)
     report = world_evaluate.evaluate(pipe, load_describer(preset).recognizer, num_prompts=args.prompts,
-                                     steps=args.steps, guidance_scale=guidance_scale)
+                                     steps=steps, guidance_scale=guidance_scale)
     print(json.dumps(report, indent=2) if args.json else world_evaluate.format_report(report))
     return 0
 
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "GenEval-style pass rates of the miniature model")
     p.add_argument("--weights", help="diffusers folder (default: the preset's diffusion model)")
     p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, help="default: the preset's recipe")
     p.add_argument("--guidance-scale", type=float, help="default: the preset's recipe")
     p.add_argument("--hybrid", action="store_true", help="evaluate the hybrid loop over 100 requests instead")
     p.add_argument("--json", action="store_true")

@@ -21,8 +21,10 @@ can only continue from the tokens before it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
@@ -46,6 +48,27 @@ class Before:
     """The picture a repaint starts from (the lane's own, painted or rendered from the first prompt)."""
 
     picture: Image.Image
+
+
+def picture_lanes_measured(preset: Preset) -> str:
+    """What the two picture lanes' own evaluations measured (the training summaries in their folders), so a
+    room does not read an under-trained painter's misses as its process's; "" where a lane has none (Hub models)."""
+    summaries = []
+    for folder in (preset.painter, preset.diffusion):
+        path = Path(folder, "training_summary.json")
+        try:
+            summaries.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return ""
+    painter, diffusion = summaries
+    try:
+        painted, rendered = (s["evaluation"]["in_distribution"]["overall"] for s in summaries)
+        painter_steps, unet_steps = painter["train_config"]["steps"], diffusion["unet_step"]
+    except (KeyError, TypeError):
+        return ""
+    return (f"Measured on this world: the painter draws {painted:.0%} of scenes exactly, denoising {rendered:.0%}. "
+            f"The painter trained {painter_steps:,} steps, the U-Net {unet_steps:,}: the gap measures their "
+            "training as much as their processes.")
 
 
 def _check_lengths(preset: Preset, *prompts: str) -> None:

@@ -264,7 +264,8 @@ class TwoByTwo:
         run_id = gr.Textbox(label="Run id", visible=False, elem_id="ww-run-id")
         gr.Markdown("<small>A controlled comparison: the two words lanes are one small BERT (0.8M parameters) trained on "
                     "the same batches with the same tokenizer, causal attention and next-word loss on the left, full "
-                    "attention and unmasking loss on the right. The two picture lanes decode with the same VAE.</small>",
+                    "attention and unmasking loss on the right. The two picture lanes decode with the same VAE. "
+                    f"{library.picture_lanes_measured(self.preset)}</small>",
                     elem_classes="ww-caption")
         Replay(self.preset, self.runs).build(run_id)
         with gr.Accordion("What only one process can do", open=False, elem_id="ww-only-one"):

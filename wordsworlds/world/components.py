@@ -77,9 +77,10 @@ def build_tokenizer(corpus: list[str], max_length: int) -> CLIPTokenizer:
         ]
     )
     alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<|startoftext|>", "<|endoftext|>"]
     trainer = trainers.BpeTrainer(
         vocab_size=len(alphabet) * 2 + 400,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        special_tokens=specials,
         initial_alphabet=alphabet,
         end_of_word_suffix="</w>",
         show_progress=False,
@@ -87,10 +88,17 @@ def build_tokenizer(corpus: list[str], max_length: int) -> CLIPTokenizer:
     backend.train_from_iterator(corpus, trainer)
     model = json.loads(backend.to_str())["model"]
     vocab = dict(model["vocab"])
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    # The trainer numbers the word-final characters it meets ("a</w>", ",</w>") in the order of a hash map,
+    # which changes from one process to the next; number them in sorted order, in the same slots, so that a
+    # tokenizer rebuilt from the same corpus gives the same ids as the one the text encoder trained with.
+    merged = {left + right for left, right in merges}
+    loose = [t for t in vocab if t not in merged and t not in alphabet and t not in specials]
+    for token, slot in zip(sorted(loose), sorted(vocab[t] for t in loose)):
+        vocab[token] = slot
     for char in sorted(alphabet):
         for token in (char, char + "</w>"):
             vocab.setdefault(token, len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 

@@ -63,11 +63,11 @@ class TrainConfig:
     kl_weight: float = 1e-6
     vae_thing_weight: float = 10.0  # see thing_weights
     latent_scenes: int = 60000
-    # 0.43 s a step on two CPU cores (4 heads, batch 32): 48,000 steps are about 6 hours.
-    unet_steps: int = 48000
+    # 0.43 s a step on two CPU cores (4 heads, batch 32): 60,000 steps are about 7 hours.
+    unet_steps: int = 60000
     # Warm restarts of the cosine learning rate (see restarted_cosine): the shipped run's schedule went to 6,000,
-    # then was continued to 18,000, 30,000, 36,000 and 48,000, each time from where that longer cosine stands.
-    unet_restarts: tuple[int, ...] = (6000, 18000, 30000, 36000)
+    # then was continued to 18,000, 30,000, 36,000, 48,000 and 60,000, each time from where that longer cosine stands.
+    unet_restarts: tuple[int, ...] = (6000, 18000, 30000, 36000, 48000)
     unet_lr: float = 6e-4
     # Weight of the drawn things' latent cells in the U-Net's loss, against 1 for the bare background (see
     # latent_thing_masks). The shipped run used 1.0 to 30,000 steps and 4.0 after (30,000 -> 36,000: held-out exact
