@@ -36,6 +36,7 @@ from .presets import Preset
 from .replay import Recording
 from .words.captions import END, CaptionFrame, Captioner
 from .world.draw import IMAGE_SIZE
+from .world.train import SUMMARY_FILE
 from .worlds.diffusion import RenderOptions, RenderResult, validate_branch
 from .worlds.painter import PaintFrame
 from .worlds.repaint import parse_region, repaint_stream
@@ -53,18 +54,12 @@ class Before:
 def picture_lanes_measured(preset: Preset) -> str:
     """What the two picture lanes' own evaluations measured (the training summaries in their folders), so a
     room does not read an under-trained painter's misses as its process's; "" where a lane has none (Hub models)."""
-    summaries = []
-    for folder in (preset.painter, preset.diffusion):
-        path = Path(folder, "training_summary.json")
-        try:
-            summaries.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            return ""
-    painter, diffusion = summaries
     try:
-        painted, rendered = (s["evaluation"]["in_distribution"]["overall"] for s in summaries)
+        painter, diffusion = (json.loads(Path(folder, SUMMARY_FILE).read_text())
+                              for folder in (preset.painter, preset.diffusion))
+        painted, rendered = (s["evaluation"]["in_distribution"]["overall"] for s in (painter, diffusion))
         painter_steps, unet_steps = painter["train_config"]["steps"], diffusion["unet_step"]
-    except (KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return ""
     return (f"Measured on this world: the painter draws {painted:.0%} of scenes exactly, denoising {rendered:.0%}. "
             f"The painter trained {painter_steps:,} steps, the U-Net {unet_steps:,}: the gap measures their "

@@ -47,6 +47,7 @@ from .recognizer import NUM_LOGITS, Recognizer, RecognizerNet, scene_loss, scene
 from .scene import caption, random_scene
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+SUMMARY_FILE = "training_summary.json"  # beside every trained folder: its config, history and evaluation
 
 
 @dataclass
@@ -493,7 +494,7 @@ def train(config: TrainConfig, out: Path = WEIGHTS_DIR, run_dir: Path = Path("ru
     summary["recognizer_exact_scene_accuracy"] = recognizer_accuracy(recognizer, seed=config.seed + 1)
     pipe.set_progress_bar_config(disable=True)
     summary["evaluation"] = evaluate(pipe, recognizer, num_prompts=config.eval_prompts, steps=20)
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .components import CaptionerConfig, build_captioner, build_word_tokenizer
 from .scene import FUNCTION_WORDS, WORLD_WORDS, caption, parse_caption, random_scene
-from .train import train_alone
+from .train import SUMMARY_FILE, train_alone
 
 CAPTIONS_DIR = Path(__file__).parent / "captions"
 LAYOUT_FILE = "caption_layout.json"  # the sequence layout both models were trained on
@@ -249,5 +249,5 @@ def train_captions(config: CaptionTrainConfig, out: Path = CAPTIONS_DIR, run_dir
                                              config.eval_requests),
         }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary

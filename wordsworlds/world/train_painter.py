@@ -39,7 +39,7 @@ from .evaluate import prompt_set
 from .image_tokens import ImageTokenizer, TokenizerConfig, build_vq
 from .recognizer import RECOGNIZER_DIR, Recognizer
 from .scene import caption, parse_caption, random_scene
-from .train import WEIGHTS_DIR, images_tensor, train_alone
+from .train import SUMMARY_FILE, WEIGHTS_DIR, images_tensor, train_alone
 from .train_captions import build_tokenizer_for_world, encode_requests
 
 PAINTER_DIR = Path(__file__).parent / "painter"
@@ -247,5 +247,5 @@ def train_painter(config: PainterTrainConfig, out: Path = PAINTER_DIR, run_dir: 
     summary["exact_scene_image_tokens_round_trip"] = float(np.mean([a == b for a, b in zip(check_scenes, tokens_trip)]))
     summary["evaluation"] = evaluate_painter(model, tokenizer, image_tokenizer, vae, recognizer, config.prompt_length,
                                              code_offset, config.eval_prompts)
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
